@@ -1,0 +1,261 @@
+//! # keyledger-core
+//!
+//! The pure domain of keyledger: what a key is, what may be done to it, and what happened to it.
+//!
+//! - [`KeyState`]: one key, folded from its events.
+//! - [`Command`] / [`Action`]: requests against one key's stream, carrying their own `now`.
+//! - [`Event`]: `key.created`, `key.updated`, `key.rotated`, `key.deleted`, `key.expired`,
+//!   `key.rotation_ended`.
+//! - [`decide`]`(state, command) -> events` and [`evolve`]`(state, event) -> state`.
+//! - [`secret`]: the key format (`<prefix>_<random><checksum>`) and its SHA-256 [`SecretHash`].
+//! - [`Timestamp`]: milliseconds, serialized as RFC 3339.
+//!
+//! **Invariant:** this crate does no I/O, reads no clock and draws no randomness. Time and random
+//! bytes come in through commands; the same inputs always give the same events.
+
+pub mod command;
+pub mod event;
+pub mod model;
+pub mod secret;
+pub mod time;
+pub mod validate;
+
+pub use command::{Action, Command, Credential, KeyPatch, NewKey};
+pub use event::Event;
+pub use model::{KeyState, PreviousSecret};
+pub use secret::{Secret, SecretHash};
+pub use time::Timestamp;
+
+use event::{Created, Deleted, Expired, Rotated, RotationEnded, Updated};
+use uuid::Uuid;
+
+/// Why a command was refused. Validation errors name their field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("a key with this id already exists")]
+    AlreadyExists,
+    #[error("key not found")]
+    NotFound,
+    #[error("the key has been revoked")]
+    Deleted,
+    #[error("version mismatch: expected {expected}, the key is at {actual}")]
+    VersionMismatch { expected: u64, actual: u64 },
+}
+
+/// Decides which events a command produces against the key's current state (`None`: no stream).
+/// An empty list means "nothing to do" (e.g. an update that changes nothing).
+pub fn decide(state: Option<&KeyState>, cmd: &Command) -> Result<Vec<Event>, DomainError> {
+    if let (Some(expected), Some(s)) = (cmd.if_version, state)
+        && expected != s.version
+    {
+        return Err(DomainError::VersionMismatch {
+            expected,
+            actual: s.version,
+        });
+    }
+    if let Action::Create(new) = &cmd.action {
+        if state.is_some() {
+            return Err(DomainError::AlreadyExists);
+        }
+        return create(new, cmd.now).map(|e| vec![e]);
+    }
+    let state = state.ok_or(DomainError::NotFound)?;
+    if state.is_deleted() {
+        // System commands on a revoked key are simply moot.
+        return match cmd.action {
+            Action::Expire | Action::EndRotation => Ok(vec![]),
+            _ => Err(DomainError::Deleted),
+        };
+    }
+    match &cmd.action {
+        Action::Create(_) => unreachable!("handled above"),
+        Action::Update(patch) => update(state, patch, cmd.now),
+        Action::Reset {
+            credential,
+            grace_seconds,
+        } => {
+            let grace_seconds = validate::grace_seconds(*grace_seconds)?;
+            Ok(vec![Event::Rotated(Rotated {
+                secret_hash: credential.secret_hash,
+                hint: credential.hint.clone(),
+                previous_secret_hash: state.secret_hash,
+                grace_seconds,
+                grace_until: (grace_seconds > 0)
+                    .then(|| cmd.now.plus_seconds(i64::from(grace_seconds))),
+            })])
+        }
+        Action::Delete => Ok(vec![Event::Deleted(Deleted {})]),
+        Action::Expire => Ok(match state.expires_at {
+            Some(at) if at <= cmd.now && !state.expired => {
+                vec![Event::Expired(Expired { expires_at: at })]
+            }
+            _ => vec![],
+        }),
+        Action::EndRotation => Ok(match &state.previous {
+            Some(p) if p.until <= cmd.now => vec![Event::RotationEnded(RotationEnded {
+                secret_hash: p.secret_hash,
+            })],
+            _ => vec![],
+        }),
+    }
+}
+
+fn create(new: &NewKey, now: Timestamp) -> Result<Event, DomainError> {
+    validate::name(&new.name)?;
+    validate::account(&new.account)?;
+    validate::owner(new.owner.as_deref())?;
+    validate::role(new.role.as_deref())?;
+    validate::prefix(&new.prefix)?;
+    let scopes = validate::scopes(&new.scopes)?;
+    let allowed_ips = validate::allowed_ips(&new.allowed_ips)?;
+    validate::expires_at(new.expires_at, now)?;
+    let metadata = validate::metadata(new.metadata.as_ref())?;
+    Ok(Event::Created(Created {
+        account: new.account.clone(),
+        name: new.name.clone(),
+        owner: new.owner.clone(),
+        role: new.role.clone(),
+        scopes,
+        allowed_ips,
+        enabled: new.enabled,
+        expires_at: new.expires_at,
+        metadata,
+        prefix: new.prefix.clone(),
+        hint: new.credential.hint.clone(),
+        secret_hash: new.credential.secret_hash,
+    }))
+}
+
+/// Keeps only the fields whose new value differs from the current one.
+fn update(state: &KeyState, patch: &KeyPatch, now: Timestamp) -> Result<Vec<Event>, DomainError> {
+    fn changed<T: PartialEq>(new: Option<T>, old: &T) -> Option<T> {
+        new.filter(|n| n != old)
+    }
+    if let Some(name) = &patch.name {
+        validate::name(name)?;
+    }
+    if let Some(owner) = &patch.owner {
+        validate::owner(owner.as_deref())?;
+    }
+    if let Some(role) = &patch.role {
+        validate::role(role.as_deref())?;
+    }
+    let scopes = patch.scopes.as_deref().map(validate::scopes).transpose()?;
+    let ips = patch
+        .allowed_ips
+        .as_deref()
+        .map(validate::allowed_ips)
+        .transpose()?;
+    if let Some(expires_at) = patch.expires_at {
+        validate::expires_at(expires_at, now)?;
+    }
+    let metadata = patch
+        .metadata
+        .as_ref()
+        .map(|m| validate::metadata(Some(m)))
+        .transpose()?;
+    let changes = Updated {
+        name: changed(patch.name.clone(), &state.name),
+        owner: changed(patch.owner.clone(), &state.owner),
+        role: changed(patch.role.clone(), &state.role),
+        scopes: changed(scopes, &state.scopes),
+        allowed_ips: changed(ips, &state.allowed_ips),
+        enabled: changed(patch.enabled, &state.enabled),
+        expires_at: changed(patch.expires_at, &state.expires_at),
+        metadata: changed(metadata, &state.metadata),
+    };
+    Ok(if changes.is_empty() {
+        vec![]
+    } else {
+        vec![Event::Updated(changes)]
+    })
+}
+
+/// Folds one event into a key's state. `key_id` and `at` come from the event's envelope.
+///
+/// # Panics
+/// On an event that cannot follow the state (e.g. `key.updated` before `key.created`): the log
+/// only ever holds events that [`decide`] produced, so this is a corrupted log.
+pub fn evolve(state: Option<KeyState>, key_id: Uuid, at: Timestamp, event: &Event) -> KeyState {
+    if let Event::Created(c) = event {
+        assert!(state.is_none(), "key.created on an existing stream");
+        return KeyState {
+            id: key_id,
+            account: c.account.clone(),
+            name: c.name.clone(),
+            owner: c.owner.clone(),
+            role: c.role.clone(),
+            scopes: c.scopes.clone(),
+            allowed_ips: c.allowed_ips.clone(),
+            enabled: c.enabled,
+            expires_at: c.expires_at,
+            metadata: c.metadata.clone(),
+            prefix: c.prefix.clone(),
+            hint: c.hint.clone(),
+            secret_hash: c.secret_hash,
+            previous: None,
+            created_at: at,
+            updated_at: at,
+            rotated_at: None,
+            deleted_at: None,
+            expired: false,
+            version: 1,
+        };
+    }
+    let mut s = state.expect("event on a key without key.created");
+    s.version += 1;
+    match event {
+        Event::Created(_) => unreachable!("handled above"),
+        Event::Updated(u) => {
+            s.updated_at = at;
+            if let Some(v) = &u.name {
+                s.name.clone_from(v);
+            }
+            if let Some(v) = &u.owner {
+                s.owner.clone_from(v);
+            }
+            if let Some(v) = &u.role {
+                s.role.clone_from(v);
+            }
+            if let Some(v) = &u.scopes {
+                s.scopes.clone_from(v);
+            }
+            if let Some(v) = &u.allowed_ips {
+                s.allowed_ips.clone_from(v);
+            }
+            if let Some(v) = u.enabled {
+                s.enabled = v;
+            }
+            if let Some(v) = u.expires_at {
+                s.expires_at = v;
+                s.expired = false;
+            }
+            if let Some(v) = &u.metadata {
+                s.metadata.clone_from(v);
+            }
+        }
+        Event::Rotated(r) => {
+            s.updated_at = at;
+            s.rotated_at = Some(at);
+            s.previous = r.grace_until.map(|until| PreviousSecret {
+                secret_hash: r.previous_secret_hash,
+                until,
+            });
+            s.secret_hash = r.secret_hash;
+            s.hint.clone_from(&r.hint);
+        }
+        Event::Deleted(_) => {
+            s.updated_at = at;
+            s.deleted_at = Some(at);
+            s.previous = None;
+        }
+        Event::Expired(_) => s.expired = true,
+        Event::RotationEnded(_) => s.previous = None,
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,304 @@
+//! Given/when/then tests at the aggregate boundary.
+
+use super::*;
+use crate::validate::DEFAULT_ACCOUNT;
+
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+
+fn id() -> Uuid {
+    Uuid::from_u128(42)
+}
+
+fn credential(n: u8) -> Credential {
+    let s = Secret::generate("kl", &[n; 32]);
+    Credential {
+        secret_hash: s.hash(),
+        hint: s.hint(),
+    }
+}
+
+fn new_key() -> NewKey {
+    NewKey {
+        name: "ci deploy".into(),
+        account: DEFAULT_ACCOUNT.into(),
+        owner: None,
+        role: None,
+        scopes: vec!["keys:read".into()],
+        allowed_ips: vec![],
+        enabled: true,
+        expires_at: None,
+        metadata: None,
+        prefix: "kl".into(),
+        credential: credential(1),
+    }
+}
+
+fn cmd(now: Timestamp, action: Action) -> Command {
+    Command {
+        now,
+        if_version: None,
+        action,
+    }
+}
+
+/// Given `history` (applied in order at T0), when `command`, then the events or error.
+fn given(history: &[Action]) -> Option<KeyState> {
+    let mut state = None;
+    for action in history {
+        let events = decide(state.as_ref(), &cmd(T0, action.clone())).expect("history decides");
+        for e in &events {
+            state = Some(evolve(state, id(), T0, e));
+        }
+    }
+    state
+}
+
+fn when(
+    state: &Option<KeyState>,
+    now: Timestamp,
+    action: Action,
+) -> Result<Vec<Event>, DomainError> {
+    decide(state.as_ref(), &cmd(now, action))
+}
+
+#[test]
+fn create_on_empty_stream_emits_created_with_hash_not_plaintext() {
+    let events = when(&None, T0, Action::Create(new_key())).unwrap();
+    assert_eq!(events.len(), 1);
+    let Event::Created(c) = &events[0] else {
+        panic!()
+    };
+    assert_eq!(c.secret_hash, credential(1).secret_hash);
+    let json = serde_json::to_string(&events[0]).unwrap();
+    assert!(!json.contains(Secret::generate("kl", &[1; 32]).expose()));
+}
+
+#[test]
+fn create_on_existing_stream_is_refused() {
+    let state = given(&[Action::Create(new_key())]);
+    assert_eq!(
+        when(&state, T0, Action::Create(new_key())),
+        Err(DomainError::AlreadyExists)
+    );
+}
+
+#[test]
+fn create_validates_fields_and_names_them() {
+    let cases: Vec<(Box<dyn Fn(&mut NewKey)>, &str)> = vec![
+        (
+            Box::new(|k| k.name = "x".repeat(256)),
+            "name: at most 255 characters",
+        ),
+        (
+            Box::new(|k| k.name = "  ".into()),
+            "name: must not be empty",
+        ),
+        (
+            Box::new(|k| k.account = "a b".into()),
+            "account: must match [A-Za-z0-9_-]{1,64}",
+        ),
+        (
+            Box::new(|k| k.prefix = "KL".into()),
+            "prefix: must match [a-z0-9]{1,16}",
+        ),
+        (
+            Box::new(|k| k.allowed_ips = vec!["10.0.0.0/8".into(), "nope".into()]),
+            "allowed_ips[1]: not an IP address or CIDR block",
+        ),
+        (
+            Box::new(|k| k.scopes = vec!["a b".into()]),
+            "scopes[0]: must not contain whitespace",
+        ),
+        (
+            Box::new(|k| k.expires_at = Some(T0)),
+            "expires_at: must lie in the future",
+        ),
+        (
+            Box::new(|k| k.metadata = Some(serde_json::json!([1]))),
+            "metadata: must be a JSON object",
+        ),
+        (
+            Box::new(|k| k.metadata = Some(serde_json::json!({"x": "y".repeat(9000)}))),
+            "metadata: at most 8192 bytes as JSON",
+        ),
+    ];
+    for (mutate, message) in cases {
+        let mut k = new_key();
+        mutate(&mut k);
+        let err = when(&None, T0, Action::Create(k)).unwrap_err();
+        assert_eq!(err.to_string(), message);
+    }
+}
+
+#[test]
+fn update_emits_only_changed_fields() {
+    let state = given(&[Action::Create(new_key())]);
+    let patch = KeyPatch {
+        name: Some("ci deploy".into()),
+        role: Some(Some("owner".into())),
+        enabled: Some(false),
+        ..Default::default()
+    };
+    let events = when(&state, T0, Action::Update(patch)).unwrap();
+    assert_eq!(
+        events,
+        vec![Event::Updated(event::Updated {
+            role: Some(Some("owner".into())),
+            enabled: Some(false),
+            ..Default::default()
+        })]
+    );
+}
+
+#[test]
+fn update_that_changes_nothing_emits_nothing() {
+    let state = given(&[Action::Create(new_key())]);
+    let patch = KeyPatch {
+        name: Some("ci deploy".into()),
+        ..Default::default()
+    };
+    assert_eq!(when(&state, T0, Action::Update(patch)), Ok(vec![]));
+}
+
+#[test]
+fn update_with_stale_version_is_refused() {
+    let state = given(&[Action::Create(new_key())]);
+    let c = Command {
+        now: T0,
+        if_version: Some(7),
+        action: Action::Update(KeyPatch::default()),
+    };
+    assert_eq!(
+        decide(state.as_ref(), &c),
+        Err(DomainError::VersionMismatch {
+            expected: 7,
+            actual: 1
+        })
+    );
+}
+
+#[test]
+fn commands_on_missing_key_are_not_found() {
+    assert_eq!(when(&None, T0, Action::Delete), Err(DomainError::NotFound));
+}
+
+#[test]
+fn writes_to_a_deleted_key_are_refused_but_system_commands_are_moot() {
+    let state = given(&[Action::Create(new_key()), Action::Delete]);
+    assert_eq!(when(&state, T0, Action::Delete), Err(DomainError::Deleted));
+    assert_eq!(
+        when(&state, T0, Action::Update(KeyPatch::default())),
+        Err(DomainError::Deleted)
+    );
+    assert_eq!(when(&state, T0, Action::Expire), Ok(vec![]));
+}
+
+#[test]
+fn reset_with_grace_keeps_previous_secret_until_grace_ends() {
+    let state = given(&[Action::Create(new_key())]);
+    let events = when(
+        &state,
+        T0,
+        Action::Reset {
+            credential: credential(2),
+            grace_seconds: 60,
+        },
+    )
+    .unwrap();
+    let s = evolve(state, id(), T0, &events[0]);
+    assert_eq!(s.secret_hash, credential(2).secret_hash);
+    assert_eq!(
+        s.previous,
+        Some(PreviousSecret {
+            secret_hash: credential(1).secret_hash,
+            until: T0.plus_seconds(60)
+        })
+    );
+    assert_eq!(s.rotated_at, Some(T0));
+    assert_eq!(s.version, 2);
+    let state = Some(s);
+    assert_eq!(
+        when(&state, T0.plus_seconds(59), Action::EndRotation),
+        Ok(vec![])
+    );
+    let ended = when(&state, T0.plus_seconds(60), Action::EndRotation).unwrap();
+    assert!(matches!(ended[..], [Event::RotationEnded(_)]));
+    assert_eq!(evolve(state, id(), T0, &ended[0]).previous, None);
+}
+
+#[test]
+fn reset_without_grace_drops_previous_secret_at_once() {
+    let state = given(&[
+        Action::Create(new_key()),
+        Action::Reset {
+            credential: credential(2),
+            grace_seconds: 0,
+        },
+    ])
+    .unwrap();
+    assert_eq!(state.previous, None);
+}
+
+#[test]
+fn reset_refuses_grace_beyond_a_week() {
+    let state = given(&[Action::Create(new_key())]);
+    let err = when(
+        &state,
+        T0,
+        Action::Reset {
+            credential: credential(2),
+            grace_seconds: 604_801,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "grace_seconds: must be between 0 and 604800"
+    );
+}
+
+#[test]
+fn expire_fires_once_after_expiry() {
+    let mut k = new_key();
+    k.expires_at = Some(T0.plus_seconds(10));
+    let state = given(&[Action::Create(k)]);
+    assert_eq!(when(&state, T0, Action::Expire), Ok(vec![]));
+    let events = when(&state, T0.plus_seconds(10), Action::Expire).unwrap();
+    assert_eq!(events.len(), 1);
+    let state = Some(evolve(state, id(), T0, &events[0]));
+    assert_eq!(
+        when(&state, T0.plus_seconds(20), Action::Expire),
+        Ok(vec![])
+    );
+}
+
+#[test]
+fn ip_allow_list_matches_addresses_and_blocks() {
+    let mut k = new_key();
+    k.allowed_ips = vec!["10.1.0.0/16".into(), "2001:db8::1".into()];
+    let s = given(&[Action::Create(k)]).unwrap();
+    assert!(s.allows_ip(Some("10.1.2.3".parse().unwrap())));
+    assert!(s.allows_ip(Some("::ffff:10.1.2.3".parse().unwrap())));
+    assert!(s.allows_ip(Some("2001:db8::1".parse().unwrap())));
+    assert!(!s.allows_ip(Some("10.2.0.1".parse().unwrap())));
+    assert!(!s.allows_ip(None));
+}
+
+#[test]
+fn events_round_trip_through_json() {
+    let state = given(&[Action::Create(new_key())]);
+    let events = when(
+        &state,
+        T0,
+        Action::Update(KeyPatch {
+            owner: Some(None),
+            expires_at: Some(Some(T0.plus_seconds(5))),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    for e in events {
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), e);
+    }
+}

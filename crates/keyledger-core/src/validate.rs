@@ -1,0 +1,155 @@
+//! Field rules shared by every command. Each error names the field it is about.
+
+use crate::DomainError;
+use crate::time::Timestamp;
+use ipnet::IpNet;
+use serde_json::{Map, Value};
+use std::net::IpAddr;
+
+pub const MAX_NAME: usize = 255;
+pub const MAX_OWNER: usize = 255;
+pub const MAX_ROLE: usize = 64;
+pub const MAX_SCOPE: usize = 128;
+pub const MAX_SCOPES: usize = 100;
+pub const MAX_IPS: usize = 100;
+pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+pub const MAX_GRACE_SECONDS: u64 = 7 * 24 * 3600;
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> DomainError {
+    DomainError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn text(field: &str, value: &str, max: usize) -> Result<(), DomainError> {
+    let len = value.chars().count();
+    if value.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if len > max {
+        return Err(invalid(field, format!("at most {max} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+pub fn name(value: &str) -> Result<(), DomainError> {
+    text("name", value, MAX_NAME)
+}
+
+pub fn owner(value: Option<&str>) -> Result<(), DomainError> {
+    value.map_or(Ok(()), |v| text("owner", v, MAX_OWNER))
+}
+
+pub fn role(value: Option<&str>) -> Result<(), DomainError> {
+    value.map_or(Ok(()), |v| text("role", v, MAX_ROLE))
+}
+
+/// `[A-Za-z0-9_-]{1,64}`.
+pub fn account(value: &str) -> Result<(), DomainError> {
+    let ok = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("account", "must match [A-Za-z0-9_-]{1,64}"))
+    }
+}
+
+pub fn prefix(value: &str) -> Result<(), DomainError> {
+    if crate::secret::is_valid_prefix(value) {
+        Ok(())
+    } else {
+        Err(invalid("prefix", "must match [a-z0-9]{1,16}"))
+    }
+}
+
+/// Scopes keep their order; duplicates are dropped.
+pub fn scopes(values: &[String]) -> Result<Vec<String>, DomainError> {
+    if values.len() > MAX_SCOPES {
+        return Err(invalid("scopes", format!("at most {MAX_SCOPES} scopes")));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(values.len());
+    for (i, s) in values.iter().enumerate() {
+        let field = format!("scopes[{i}]");
+        if s.is_empty() || s.len() > MAX_SCOPE {
+            return Err(invalid(field, format!("1 to {MAX_SCOPE} characters")));
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(field, "must not contain whitespace"));
+        }
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Accepts addresses (`10.0.0.1`, `::1`) and CIDR blocks (`10.0.0.0/8`, `2001:db8::/32`).
+pub fn allowed_ips(values: &[String]) -> Result<Vec<IpNet>, DomainError> {
+    if values.len() > MAX_IPS {
+        return Err(invalid("allowed_ips", format!("at most {MAX_IPS} entries")));
+    }
+    let mut out: Vec<IpNet> = Vec::with_capacity(values.len());
+    for (i, v) in values.iter().enumerate() {
+        let net = match v.parse::<IpNet>() {
+            Ok(net) => net.trunc(),
+            Err(_) => v
+                .parse::<IpAddr>()
+                .map(|ip| IpNet::from(crate::model::canonical_ip(ip)))
+                .map_err(|_| {
+                    invalid(
+                        format!("allowed_ips[{i}]"),
+                        "not an IP address or CIDR block",
+                    )
+                })?,
+        };
+        if !out.contains(&net) {
+            out.push(net);
+        }
+    }
+    Ok(out)
+}
+
+pub fn expires_at(value: Option<Timestamp>, now: Timestamp) -> Result<(), DomainError> {
+    match value {
+        Some(t) if t <= now => Err(invalid("expires_at", "must lie in the future")),
+        _ => Ok(()),
+    }
+}
+
+pub fn metadata(value: Option<&Value>) -> Result<Map<String, Value>, DomainError> {
+    match value {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(map)) => {
+            let size = serde_json::to_vec(map)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if size > MAX_METADATA_BYTES {
+                Err(invalid(
+                    "metadata",
+                    format!("at most {MAX_METADATA_BYTES} bytes as JSON"),
+                ))
+            } else {
+                Ok(map.clone())
+            }
+        }
+        Some(_) => Err(invalid("metadata", "must be a JSON object")),
+    }
+}
+
+pub fn grace_seconds(value: u64) -> Result<u32, DomainError> {
+    if value > MAX_GRACE_SECONDS {
+        return Err(invalid(
+            "grace_seconds",
+            format!("must be between 0 and {MAX_GRACE_SECONDS}"),
+        ));
+    }
+    Ok(value as u32)
+}

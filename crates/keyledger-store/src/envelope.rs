@@ -1,0 +1,88 @@
+//! The event envelope, its canonical bytes and its hash (docs/EVENTS.md is the normative text).
+
+use keyledger_core::{Event, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// `prev_hash` of the first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One event as stored in the log and published: the domain event plus its position, its
+/// author, and its link in the signed hash chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub seq: u64,
+    pub id: Uuid,
+    #[serde(flatten)]
+    pub event: Event,
+    pub schema: u32,
+    pub key_id: Uuid,
+    pub account: String,
+    pub version: u64,
+    pub occurred_at: Timestamp,
+    pub actor: String,
+    pub prev_hash: String,
+    pub hash: String,
+    pub signature: String,
+    pub signer: String,
+}
+
+impl Envelope {
+    /// `keyledger.keys.<account>.<key_id>.<type without "key.">`.
+    pub fn subject(&self) -> String {
+        let ty = self.event.type_name();
+        format!(
+            "keyledger.keys.{}.{}.{}",
+            self.account,
+            self.key_id,
+            ty.strip_prefix("key.").unwrap_or(ty)
+        )
+    }
+}
+
+/// The RFC 8785 (JCS) bytes of an envelope given as JSON, without `hash` and `signature`.
+pub fn canonical_bytes(envelope: &Value) -> Result<Vec<u8>, serde_json::Error> {
+    let mut v = envelope.clone();
+    if let Value::Object(map) = &mut v {
+        map.remove("hash");
+        map.remove("signature");
+    }
+    serde_json_canonicalizer::to_vec(&v)
+}
+
+/// SHA-256 of [`canonical_bytes`].
+pub fn envelope_hash(envelope: &Value) -> Result<[u8; 32], serde_json::Error> {
+    Ok(Sha256::digest(canonical_bytes(envelope)?).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 8785 §3.2.2 example input and its canonical form: the crate must agree.
+    #[test]
+    fn canonicalization_matches_rfc8785_example() {
+        let input = r#"{
+          "numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
+          "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
+          "literals": [null, true, false]
+        }"#;
+        let v: Value = serde_json::from_str(input).unwrap();
+        let out = String::from_utf8(serde_json_canonicalizer::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            r#"{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}"#
+        );
+    }
+
+    #[test]
+    fn hash_ignores_hash_and_signature_fields_only() {
+        let a = serde_json::json!({"seq": 1, "hash": "x", "signature": "y"});
+        let b = serde_json::json!({"seq": 1});
+        let c = serde_json::json!({"seq": 2});
+        assert_eq!(envelope_hash(&a).unwrap(), envelope_hash(&b).unwrap());
+        assert_ne!(envelope_hash(&b).unwrap(), envelope_hash(&c).unwrap());
+    }
+}

@@ -1,0 +1,360 @@
+//! The append-only log on redb.
+//!
+//! Tables (all in one redb file):
+//! - `events`: `seq -> envelope JSON`, seq 1, 2, 3, ... without gaps;
+//! - `stream_heads`: `key id -> version` (absent: no stream);
+//! - `stream_index`: `(key id, version) -> seq`;
+//! - `event_ids`: `event id -> seq`, for idempotent retries;
+//! - `meta`: `"head" -> seq (8 bytes BE) ++ hash (64 hex bytes)`.
+//!
+//! Every append runs inside one write transaction that checks each stream's expected version,
+//! extends the hash chain, signs, lets a [`Projector`] update read models in the same
+//! transaction, and commits durably before anything is acknowledged.
+
+use crate::envelope::{Envelope, GENESIS_HASH, envelope_hash};
+use crate::signing::SigningKeys;
+use crate::{AppendError, StoreError};
+use keyledger_core::event::SCHEMA_VERSION;
+use keyledger_core::{Event, Timestamp};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use std::path::Path;
+use std::sync::Arc;
+use uuid::Uuid;
+
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const STREAM_HEADS: TableDefinition<u128, u64> = TableDefinition::new("stream_heads");
+const STREAM_INDEX: TableDefinition<(u128, u64), u64> = TableDefinition::new("stream_index");
+const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Events to append to one key's stream.
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub key_id: Uuid,
+    pub account: String,
+    /// The stream's version the events were decided against; 0 = the stream must not exist.
+    pub expected_version: u64,
+    pub actor: String,
+    pub occurred_at: Timestamp,
+    /// Each event with its id (UUID v7), chosen by the caller so that retries are idempotent.
+    pub events: Vec<(Uuid, Event)>,
+}
+
+/// Updates read models inside the append's write transaction.
+pub trait Projector {
+    fn apply(&mut self, txn: &WriteTransaction, envelope: &Envelope) -> Result<(), StoreError>;
+    /// Called once per transaction after the last `apply`, with the log's new head seq.
+    fn finish(&mut self, _txn: &WriteTransaction, _head: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A projector that does nothing: for tools and tests that only need the log.
+pub struct NoProjection;
+
+impl Projector for NoProjection {
+    fn apply(&mut self, _: &WriteTransaction, _: &Envelope) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The outcome of one request in a batch.
+pub type AppendResult = Result<Vec<Envelope>, AppendError>;
+
+/// The event log. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct Log {
+    db: Arc<Database>,
+    keys: Arc<SigningKeys>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").finish_non_exhaustive()
+    }
+}
+
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+impl Log {
+    /// Opens (or creates) the log at `path`.
+    pub fn open(path: &Path, keys: SigningKeys) -> Result<Self, StoreError> {
+        let db = Database::create(path)?;
+        Self::with_database(db, keys)
+    }
+
+    /// Uses an already opened database (e.g. one built on a custom storage backend).
+    pub fn with_database(db: Database, keys: SigningKeys) -> Result<Self, StoreError> {
+        let txn = db.begin_write()?;
+        for def in [EVENTS] {
+            txn.open_table(def)?;
+        }
+        txn.open_table(STREAM_HEADS)?;
+        txn.open_table(STREAM_INDEX)?;
+        txn.open_table(EVENT_IDS)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(Self {
+            db: Arc::new(db),
+            keys: Arc::new(keys),
+        })
+    }
+
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    pub fn signing_keys(&self) -> &SigningKeys {
+        &self.keys
+    }
+
+    /// Appends each request in one transaction. A request whose expected version does not match
+    /// fails alone (`Err` in its slot) and writes nothing; the others commit. A storage error
+    /// fails the whole batch and nothing of it is visible.
+    pub fn append_batch(
+        &self,
+        requests: &[AppendRequest],
+        projector: &mut dyn Projector,
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut results = Vec::with_capacity(requests.len());
+        let mut head = read_head(&txn)?;
+        let start_seq = head.seq;
+        for req in requests {
+            results.push(self.append_one(&txn, &mut head, req, projector)?);
+        }
+        if head.seq != start_seq {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("head", encode_head(&head).as_slice())?;
+            drop(meta);
+            projector.finish(&txn, head.seq)?;
+        }
+        txn.commit()?;
+        Ok(results)
+    }
+
+    /// Appends one request; a convenience over [`Log::append_batch`].
+    pub fn append(
+        &self,
+        request: AppendRequest,
+        projector: &mut dyn Projector,
+    ) -> Result<AppendResult, StoreError> {
+        Ok(self
+            .append_batch(std::slice::from_ref(&request), projector)?
+            .pop()
+            .expect("one result per request"))
+    }
+
+    fn append_one(
+        &self,
+        txn: &WriteTransaction,
+        head: &mut Head,
+        req: &AppendRequest,
+        projector: &mut dyn Projector,
+    ) -> Result<AppendResult, StoreError> {
+        let key = req.key_id.as_u128();
+        if let Some((first_id, _)) = req.events.first() {
+            // A retry of an append that already committed returns the original events.
+            let seen = txn
+                .open_table(EVENT_IDS)?
+                .get(first_id.as_u128())?
+                .map(|v| v.value());
+            if let Some(seq) = seen {
+                let events = txn.open_table(EVENTS)?;
+                let mut out = Vec::with_capacity(req.events.len());
+                for (i, (id, _)) in req.events.iter().enumerate() {
+                    let env = match events.get(seq + i as u64)? {
+                        Some(bytes) => decode(bytes.value())?,
+                        None => return Ok(Err(AppendError::IdReused { event_id: *id })),
+                    };
+                    if env.id != *id || env.key_id != req.key_id {
+                        return Ok(Err(AppendError::IdReused { event_id: *id }));
+                    }
+                    out.push(env);
+                }
+                return Ok(Ok(out));
+            }
+        }
+        let mut heads = txn.open_table(STREAM_HEADS)?;
+        let actual = heads.get(key)?.map_or(0, |v| v.value());
+        if actual != req.expected_version {
+            return Ok(Err(AppendError::Conflict {
+                key_id: req.key_id,
+                expected: req.expected_version,
+                actual,
+            }));
+        }
+        let mut events = txn.open_table(EVENTS)?;
+        let mut index = txn.open_table(STREAM_INDEX)?;
+        let mut ids = txn.open_table(EVENT_IDS)?;
+        let mut out = Vec::with_capacity(req.events.len());
+        let mut version = actual;
+        for (id, event) in &req.events {
+            version += 1;
+            let env = self.seal(head, *id, event, req, version)?;
+            let bytes = serde_json::to_vec(&env).map_err(StoreError::encode)?;
+            events.insert(env.seq, bytes.as_slice())?;
+            index.insert((key, version), env.seq)?;
+            ids.insert(id.as_u128(), env.seq)?;
+            projector.apply(txn, &env)?;
+            out.push(env);
+        }
+        heads.insert(key, version)?;
+        Ok(Ok(out))
+    }
+
+    /// Gives an event its seq, links it to the chain and signs it.
+    fn seal(
+        &self,
+        head: &mut Head,
+        id: Uuid,
+        event: &Event,
+        req: &AppendRequest,
+        version: u64,
+    ) -> Result<Envelope, StoreError> {
+        let mut env = Envelope {
+            seq: head.seq + 1,
+            id,
+            event: event.clone(),
+            schema: SCHEMA_VERSION,
+            key_id: req.key_id,
+            account: req.account.clone(),
+            version,
+            occurred_at: req.occurred_at,
+            actor: req.actor.clone(),
+            prev_hash: head.hash.clone(),
+            hash: String::new(),
+            signature: String::new(),
+            signer: self.keys.active_id().to_owned(),
+        };
+        let value = serde_json::to_value(&env).map_err(StoreError::encode)?;
+        let hash = envelope_hash(&value).map_err(StoreError::encode)?;
+        let (_, signature) = self.keys.sign(&hash);
+        env.hash = hex::encode(hash);
+        env.signature = signature;
+        head.seq = env.seq;
+        head.hash.clone_from(&env.hash);
+        Ok(env)
+    }
+
+    /// The last seq (0 when empty) and its hash.
+    pub fn head(&self) -> Result<(u64, String), StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let head = match meta.get("head")? {
+            Some(v) => decode_head(v.value())?,
+            None => Head {
+                seq: 0,
+                hash: GENESIS_HASH.into(),
+            },
+        };
+        Ok((head.seq, head.hash))
+    }
+
+    /// Up to `limit` events with seq > `after`, in order.
+    pub fn read(&self, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError> {
+        let mut out = Vec::new();
+        self.scan_raw(after, |_, bytes| {
+            out.push(decode(bytes)?);
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f(seq, stored bytes)` for each event after `after` until it returns `Ok(false)`.
+    /// Reads one consistent snapshot.
+    pub fn scan_raw(
+        &self,
+        after: u64,
+        mut f: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        for item in events.range(after.saturating_add(1)..)? {
+            let (k, v) = item?;
+            if !f(k.value(), v.value())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with each decoded event after `after`, in order.
+    pub fn for_each(
+        &self,
+        after: u64,
+        mut f: impl FnMut(Envelope) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.scan_raw(after, |_, bytes| {
+            f(decode(bytes)?)?;
+            Ok(true)
+        })
+    }
+
+    /// The whole stream of one key, in version order (empty if it has none).
+    pub fn stream(&self, key_id: Uuid) -> Result<Vec<Envelope>, StoreError> {
+        let txn = self.db.begin_read()?;
+        stream_in(&txn, key_id)
+    }
+
+    /// The stream's current version (0 when it does not exist).
+    pub fn stream_version(&self, key_id: Uuid) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let heads = txn.open_table(STREAM_HEADS)?;
+        Ok(heads.get(key_id.as_u128())?.map_or(0, |v| v.value()))
+    }
+}
+
+fn stream_in(txn: &ReadTransaction, key_id: Uuid) -> Result<Vec<Envelope>, StoreError> {
+    let index = txn.open_table(STREAM_INDEX)?;
+    let events = txn.open_table(EVENTS)?;
+    let k = key_id.as_u128();
+    let mut out = Vec::new();
+    for item in index.range((k, 0)..=(k, u64::MAX))? {
+        let (_, seq) = item?;
+        let bytes = events.get(seq.value())?.ok_or_else(|| {
+            StoreError::Corrupt(format!("index points at missing seq {}", seq.value()))
+        })?;
+        out.push(decode(bytes.value())?);
+    }
+    Ok(out)
+}
+
+/// Decodes a stored envelope.
+pub fn decode(bytes: &[u8]) -> Result<Envelope, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("undecodable event: {e}")))
+}
+
+fn read_head(txn: &WriteTransaction) -> Result<Head, StoreError> {
+    let meta = txn.open_table(META)?;
+    let head = meta
+        .get("head")?
+        .map(|v| decode_head(v.value()))
+        .transpose()?;
+    Ok(head.unwrap_or(Head {
+        seq: 0,
+        hash: GENESIS_HASH.into(),
+    }))
+}
+
+fn encode_head(head: &Head) -> Vec<u8> {
+    let mut out = head.seq.to_be_bytes().to_vec();
+    out.extend_from_slice(head.hash.as_bytes());
+    out
+}
+
+fn decode_head(bytes: &[u8]) -> Result<Head, StoreError> {
+    if bytes.len() != 8 + 64 {
+        return Err(StoreError::Corrupt("malformed log head".into()));
+    }
+    let seq = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let hash = String::from_utf8(bytes[8..].to_vec())
+        .map_err(|_| StoreError::Corrupt("malformed log head".into()))?;
+    Ok(Head { seq, hash })
+}

@@ -1,0 +1,301 @@
+//! The ed25519 keys that sign the log. Kept in one JSON file with owner-only permissions; the
+//! last key signs new events, older ones stay so that old events keep verifying.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use keyledger_core::Timestamp;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::Path;
+use zeroize::Zeroize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SigningError {
+    #[error("signing key file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("signing key file {path} holds no usable key")]
+    Empty { path: String },
+}
+
+/// A public key that has signed (or signs) events, as `GET /v1/signing-key` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublicKeyInfo {
+    pub id: String,
+    pub algorithm: String,
+    pub public_key: String,
+    pub created_at: Timestamp,
+}
+
+struct Entry {
+    id: String,
+    key: SigningKey,
+    created_at: Timestamp,
+}
+
+/// The log's signing keys. `Debug` shows ids only.
+pub struct SigningKeys {
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.entries.iter().map(|e| e.id.as_str()).collect();
+        f.debug_struct("SigningKeys").field("ids", &ids).finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileEntry {
+    id: String,
+    /// Standard base64 of the 32-byte ed25519 seed.
+    secret_key: String,
+    created_at: Timestamp,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyFile {
+    keys: Vec<FileEntry>,
+}
+
+/// The key id: the first 16 hex digits of SHA-256 of the public key.
+pub fn key_id(public: &VerifyingKey) -> String {
+    hex::encode(&Sha256::digest(public.as_bytes())[..8])
+}
+
+fn file_err(path: &Path, message: impl ToString) -> SigningError {
+    SigningError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn random_key(path: &Path) -> Result<SigningKey, SigningError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| file_err(path, e))?;
+    let key = SigningKey::from_bytes(&seed);
+    seed.zeroize();
+    Ok(key)
+}
+
+impl SigningKeys {
+    /// Reads the key file, creating it with one fresh key when it does not exist.
+    pub fn load_or_create(path: &Path, now: Timestamp) -> Result<Self, SigningError> {
+        if path.exists() {
+            return Self::load(path);
+        }
+        let keys = Self {
+            entries: vec![Self::entry(random_key(path)?, now)],
+        };
+        keys.save(path)?;
+        Ok(keys)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, SigningError> {
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+        let file: KeyFile = serde_json::from_str(&text).map_err(|e| file_err(path, e))?;
+        let mut entries = Vec::with_capacity(file.keys.len());
+        for fe in file.keys {
+            let mut fe = fe;
+            let mut bytes = B64
+                .decode(fe.secret_key.as_bytes())
+                .map_err(|e| file_err(path, e))?;
+            fe.secret_key.zeroize();
+            let seed: Result<[u8; 32], _> = bytes.as_slice().try_into();
+            bytes.zeroize();
+            let mut seed = seed.map_err(|_| file_err(path, "secret_key must be 32 bytes"))?;
+            let key = SigningKey::from_bytes(&seed);
+            seed.zeroize();
+            if key_id(&key.verifying_key()) != fe.id {
+                return Err(file_err(
+                    path,
+                    format!("key {} does not match its id", fe.id),
+                ));
+            }
+            entries.push(Entry {
+                id: fe.id,
+                key,
+                created_at: fe.created_at,
+            });
+        }
+        if entries.is_empty() {
+            return Err(SigningError::Empty {
+                path: path.display().to_string(),
+            });
+        }
+        Ok(Self { entries })
+    }
+
+    /// A throwaway key for tests and tools that never persist it.
+    pub fn ephemeral(seed: [u8; 32], now: Timestamp) -> Self {
+        Self {
+            entries: vec![Self::entry(SigningKey::from_bytes(&seed), now)],
+        }
+    }
+
+    /// Adds a new active key to the file; earlier keys stay for verification.
+    pub fn rotate(path: &Path, now: Timestamp) -> Result<PublicKeyInfo, SigningError> {
+        let mut keys = Self::load(path)?;
+        keys.entries.push(Self::entry(random_key(path)?, now));
+        keys.save(path)?;
+        Ok(keys.public_keys().pop().expect("just pushed"))
+    }
+
+    fn entry(key: SigningKey, created_at: Timestamp) -> Entry {
+        Entry {
+            id: key_id(&key.verifying_key()),
+            key,
+            created_at,
+        }
+    }
+
+    /// Writes the file atomically (temp file + rename), mode 0600.
+    fn save(&self, path: &Path) -> Result<(), SigningError> {
+        let mut file = KeyFile {
+            keys: self
+                .entries
+                .iter()
+                .map(|e| FileEntry {
+                    id: e.id.clone(),
+                    secret_key: B64.encode(e.key.to_bytes()),
+                    created_at: e.created_at,
+                })
+                .collect(),
+        };
+        let text = serde_json::to_vec_pretty(&file);
+        file.keys.iter_mut().for_each(|k| k.secret_key.zeroize());
+        let mut text = text.map_err(|e| file_err(path, e))?;
+        let tmp = path.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp).map_err(|e| file_err(path, e))?;
+        let written = f.write_all(&text);
+        text.zeroize();
+        written.map_err(|e| file_err(path, e))?;
+        f.sync_all().map_err(|e| file_err(path, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))?;
+        Ok(())
+    }
+
+    fn active(&self) -> &Entry {
+        self.entries.last().expect("never empty")
+    }
+
+    pub fn active_id(&self) -> &str {
+        &self.active().id
+    }
+
+    /// Signs the 32 raw bytes of an event hash: `(signer id, standard base64 signature)`.
+    pub fn sign(&self, hash: &[u8; 32]) -> (String, String) {
+        let e = self.active();
+        (e.id.clone(), B64.encode(e.key.sign(hash).to_bytes()))
+    }
+
+    pub fn public_keys(&self) -> Vec<PublicKeyInfo> {
+        self.entries
+            .iter()
+            .map(|e| PublicKeyInfo {
+                id: e.id.clone(),
+                algorithm: "ed25519".into(),
+                public_key: B64.encode(e.key.verifying_key().as_bytes()),
+                created_at: e.created_at,
+            })
+            .collect()
+    }
+
+    pub fn verifier(&self) -> SignatureVerifier {
+        SignatureVerifier::new(
+            self.entries
+                .iter()
+                .map(|e| (e.id.clone(), e.key.verifying_key())),
+        )
+    }
+}
+
+/// Checks signatures against a set of public keys (no secret material).
+#[derive(Debug, Clone)]
+pub struct SignatureVerifier {
+    keys: Vec<(String, VerifyingKey)>,
+}
+
+impl SignatureVerifier {
+    pub fn new(keys: impl IntoIterator<Item = (String, VerifyingKey)>) -> Self {
+        Self {
+            keys: keys.into_iter().collect(),
+        }
+    }
+
+    /// From `GET /v1/signing-key` entries.
+    pub fn from_public(keys: &[PublicKeyInfo]) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for k in keys {
+            let bytes = B64.decode(&k.public_key).map_err(|e| e.to_string())?;
+            let arr: [u8; 32] = bytes.try_into().map_err(|_| "public key is not 32 bytes")?;
+            let vk = VerifyingKey::from_bytes(&arr).map_err(|e| e.to_string())?;
+            out.push((k.id.clone(), vk));
+        }
+        Ok(Self::new(out))
+    }
+
+    /// Verifies a base64 signature by `signer` over `hash`.
+    pub fn verify(&self, signer: &str, hash: &[u8; 32], signature_b64: &str) -> Result<(), String> {
+        let (_, key) = self
+            .keys
+            .iter()
+            .find(|(id, _)| id == signer)
+            .ok_or_else(|| format!("unknown signer {signer}"))?;
+        let bytes = B64
+            .decode(signature_b64)
+            .map_err(|_| "signature is not base64".to_string())?;
+        let sig = Signature::from_slice(&bytes).map_err(|_| "malformed signature".to_string())?;
+        key.verify(hash, &sig)
+            .map_err(|_| "signature does not verify".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_is_owner_only_and_reloads_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.json");
+        let a = SigningKeys::load_or_create(&path, Timestamp(1)).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let b = SigningKeys::load_or_create(&path, Timestamp(2)).unwrap();
+        assert_eq!(a.public_keys(), b.public_keys());
+    }
+
+    #[test]
+    fn rotation_adds_a_key_and_old_signatures_still_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.json");
+        let a = SigningKeys::load_or_create(&path, Timestamp(1)).unwrap();
+        let (old_id, old_sig) = a.sign(&[1; 32]);
+        let info = SigningKeys::rotate(&path, Timestamp(2)).unwrap();
+        let b = SigningKeys::load(&path).unwrap();
+        assert_eq!(b.active_id(), info.id);
+        assert_ne!(old_id, info.id);
+        let v = b.verifier();
+        assert!(v.verify(&old_id, &[1; 32], &old_sig).is_ok());
+        assert!(v.verify(&old_id, &[2; 32], &old_sig).is_err());
+    }
+
+    #[test]
+    fn debug_shows_no_secret_material() {
+        let k = SigningKeys::ephemeral([5; 32], Timestamp(0));
+        let dbg = format!("{k:?}");
+        assert!(!dbg.contains(&B64.encode([5u8; 32])));
+        assert!(dbg.contains(k.active_id()));
+    }
+}

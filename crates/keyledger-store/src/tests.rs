@@ -1,0 +1,176 @@
+use super::*;
+use keyledger_core::event::{Deleted, Updated};
+use keyledger_core::{Event, Timestamp};
+use std::sync::{Arc, Barrier};
+
+fn open(dir: &tempfile::TempDir) -> Log {
+    Log::open(
+        &dir.path().join("log.redb"),
+        SigningKeys::ephemeral([3; 32], Timestamp(0)),
+    )
+    .unwrap()
+}
+
+fn rename(n: u32) -> Event {
+    Event::Updated(Updated {
+        name: Some(format!("name {n}")),
+        ..Default::default()
+    })
+}
+
+fn req(key: Uuid, expected: u64, events: Vec<Event>) -> AppendRequest {
+    AppendRequest {
+        key_id: key,
+        account: "default".into(),
+        expected_version: expected,
+        actor: "cli".into(),
+        occurred_at: Timestamp(1_800_000_000_000),
+        events: events.into_iter().map(|e| (Uuid::now_v7(), e)).collect(),
+    }
+}
+
+#[test]
+fn appends_get_contiguous_seqs_and_chained_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    let key = Uuid::now_v7();
+    let a = log
+        .append(req(key, 0, vec![rename(1), rename(2)]), &mut NoProjection)
+        .unwrap()
+        .unwrap();
+    let b = log
+        .append(req(key, 2, vec![rename(3)]), &mut NoProjection)
+        .unwrap()
+        .unwrap();
+    let seqs: Vec<u64> = a.iter().chain(&b).map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(a[0].prev_hash, GENESIS_HASH);
+    assert_eq!(a[1].prev_hash, a[0].hash);
+    assert_eq!(b[0].prev_hash, a[1].hash);
+    assert_eq!(b[0].version, 3);
+    assert_eq!(log.head().unwrap(), (3, b[0].hash.clone()));
+    assert_eq!(log.stream(key).unwrap(), [a, b].concat());
+    let verifier = log.signing_keys().verifier();
+    assert_eq!(audit::verify_log(&log, &verifier, |_| {}), Ok(3));
+}
+
+#[test]
+fn two_concurrent_appends_to_one_stream_exactly_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    let key = Uuid::now_v7();
+    log.append(req(key, 0, vec![rename(0)]), &mut NoProjection)
+        .unwrap()
+        .unwrap();
+    let barrier = Arc::new(Barrier::new(2));
+    let handles: Vec<_> = (0..2)
+        .map(|i| {
+            let (log, barrier) = (log.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                log.append(req(key, 1, vec![rename(i)]), &mut NoProjection)
+                    .unwrap()
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(results.iter().any(|r| matches!(
+        r,
+        Err(AppendError::Conflict {
+            expected: 1,
+            actual: 2,
+            ..
+        })
+    )));
+    assert_eq!(log.stream_version(key).unwrap(), 2);
+}
+
+#[test]
+fn two_concurrent_creates_of_the_same_id_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    let key = Uuid::now_v7();
+    let barrier = Arc::new(Barrier::new(2));
+    let handles: Vec<_> = (0..2)
+        .map(|i| {
+            let (log, barrier) = (log.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                log.append(req(key, 0, vec![rename(i)]), &mut NoProjection)
+                    .unwrap()
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert_eq!(log.head().unwrap().0, 1);
+}
+
+#[test]
+fn a_retried_append_with_the_same_event_ids_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    let key = Uuid::now_v7();
+    let r = req(key, 0, vec![rename(1), Event::Deleted(Deleted {})]);
+    let first = log.append(r.clone(), &mut NoProjection).unwrap().unwrap();
+    let again = log.append(r, &mut NoProjection).unwrap().unwrap();
+    assert_eq!(first, again);
+    assert_eq!(log.head().unwrap().0, 2);
+}
+
+#[test]
+fn a_batch_commits_the_matching_requests_and_refuses_the_stale_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let results = log
+        .append_batch(
+            &[
+                req(a, 0, vec![rename(1)]),
+                req(b, 5, vec![rename(2)]),
+                req(a, 1, vec![rename(3)]),
+            ],
+            &mut NoProjection,
+        )
+        .unwrap();
+    assert!(results[0].is_ok());
+    assert!(matches!(results[1], Err(AppendError::Conflict { .. })));
+    assert_eq!(results[2].as_ref().unwrap()[0].seq, 2);
+    assert_eq!(log.head().unwrap().0, 2);
+}
+
+#[test]
+fn the_log_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Uuid::now_v7();
+    let head = {
+        let log = open(&dir);
+        log.append(req(key, 0, vec![rename(1)]), &mut NoProjection)
+            .unwrap()
+            .unwrap();
+        log.head().unwrap()
+    };
+    let log = open(&dir);
+    assert_eq!(log.head().unwrap(), head);
+    assert_eq!(log.read(0, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn audit_names_the_event_signed_by_a_foreign_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    let key = Uuid::now_v7();
+    log.append(req(key, 0, vec![rename(1), rename(2)]), &mut NoProjection)
+        .unwrap()
+        .unwrap();
+    let foreign = SigningKeys::ephemeral([9; 32], Timestamp(0)).verifier();
+    let err = audit::verify_log(&log, &foreign, |_| {}).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            audit::AuditError::Failed(audit::AuditFailure { seq: 1, .. })
+        ),
+        "{err}"
+    );
+}

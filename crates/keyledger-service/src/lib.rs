@@ -1,1 +1,541 @@
-//! tmp
+//! # keyledger-service
+//!
+//! The application layer of keyledger, knowing neither HTTP nor NATS:
+//!
+//! - [`Service`]: opens the data dir (log, signing keys, read models), runs the single writer
+//!   (group commit, see [`writer`]), and offers the operations: create, update, reset, delete,
+//!   get, list, verify, authenticate, bootstrap.
+//! - [`Actor`] / [`Caller`]: who acts, with scope checks, account isolation and the rule that a
+//!   key never grants scopes it does not hold.
+//! - [`VerifyCode`]: the outcome of verifying a presented key.
+//!
+//! **Invariants:** every command goes through the one writer thread and is answered only after
+//! its batch is durably committed and applied to the in-memory model (read-your-writes). Plaintext
+//! secrets exist only in [`Secret`] values returned by create/reset and are never logged.
+
+mod caller;
+mod error;
+pub mod writer;
+
+pub use caller::{
+    Actor, Caller, SCOPE_ADMIN, SCOPE_EVENTS, SCOPE_READ, SCOPE_VERIFY, SCOPE_WRITE,
+};
+pub use error::{AuthError, ServiceError};
+pub use keyledger_projections::{Cursor, KeyEntry, ListPage, ListQuery, SortField, SortValue};
+pub use writer::{BatchObserver, BatchStats, Committed};
+
+use keyledger_core::secret::{DEFAULT_PREFIX, check_format};
+use keyledger_core::validate::DEFAULT_ACCOUNT;
+use keyledger_core::{Action, Credential, KeyPatch, NewKey, Secret, SecretHash, Timestamp};
+use keyledger_projections::{ReadModel, open_read_model, persisted};
+use keyledger_store::{Envelope, Log, PublicKeyInfo, SigningKeys};
+use parking_lot::{Mutex, RwLock};
+use serde_json::Value;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use uuid::Uuid;
+use writer::{Job, Writer};
+
+/// The wall clock, in milliseconds. The only clock the service reads.
+pub fn now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    Timestamp::from_millis(ms)
+}
+
+/// File names inside the data dir.
+pub const LOG_FILE: &str = "keyledger.redb";
+pub const SIGNING_KEY_FILE: &str = "signing-keys.json";
+
+#[derive(Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Where the signing keys live; default `<data_dir>/signing-keys.json`.
+    pub signing_key_file: Option<PathBuf>,
+    /// Most commands in one write transaction.
+    pub max_batch: usize,
+    /// How often `last_used_at` stamps are persisted.
+    pub last_used_flush: Duration,
+    pub on_batch: Option<BatchObserver>,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            signing_key_file: None,
+            max_batch: 1024,
+            last_used_flush: Duration::from_secs(1),
+            on_batch: None,
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.join(LOG_FILE)
+    }
+
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.signing_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(SIGNING_KEY_FILE))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("data dir {path}: {message}")]
+    DataDir { path: String, message: String },
+    #[error(transparent)]
+    Signing(#[from] keyledger_store::SigningError),
+    #[error(transparent)]
+    Store(#[from] keyledger_store::StoreError),
+    #[error(transparent)]
+    Projection(#[from] keyledger_projections::ProjectionError),
+}
+
+/// Opens the log of a data dir (creating dir, log and signing key as needed), without starting
+/// a service: for offline tools.
+pub fn open_log(config: &Config) -> Result<Log, OpenError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| OpenError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let keys = SigningKeys::load_or_create(&config.signing_key_path(), now())?;
+    Ok(Log::open(&config.log_path(), keys)?)
+}
+
+/// Input of a create, as received (defaults are filled in here).
+#[derive(Debug, Clone, Default)]
+pub struct CreateKey {
+    pub name: String,
+    pub account: Option<String>,
+    pub owner: Option<String>,
+    pub role: Option<String>,
+    pub scopes: Vec<String>,
+    pub allowed_ips: Vec<String>,
+    pub enabled: Option<bool>,
+    pub expires_at: Option<Timestamp>,
+    pub metadata: Option<Value>,
+    pub prefix: Option<String>,
+}
+
+/// The result of verifying a presented key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyCode {
+    Valid,
+    NotFound,
+    Disabled,
+    Expired,
+    Revoked,
+    ForbiddenIp,
+    InsufficientScopes,
+}
+
+impl VerifyCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyCode::Valid => "VALID",
+            VerifyCode::NotFound => "NOT_FOUND",
+            VerifyCode::Disabled => "DISABLED",
+            VerifyCode::Expired => "EXPIRED",
+            VerifyCode::Revoked => "REVOKED",
+            VerifyCode::ForbiddenIp => "FORBIDDEN_IP",
+            VerifyCode::InsufficientScopes => "INSUFFICIENT_SCOPES",
+        }
+    }
+}
+
+impl std::fmt::Display for VerifyCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub code: VerifyCode,
+    /// The key, for every code but `NOT_FOUND`.
+    pub entry: Option<Arc<KeyEntry>>,
+    /// The presented secret is the rotated-away one, inside its grace period.
+    pub rotating: bool,
+}
+
+struct Inner {
+    log: Log,
+    model: Arc<RwLock<ReadModel>>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    events: broadcast::Sender<Arc<Envelope>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    stop_flusher: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+/// The running service. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+impl Service {
+    /// Opens the data dir, brings the read models up to the log, starts the writer.
+    pub fn open(config: Config) -> Result<Self, OpenError> {
+        let log = open_log(&config)?;
+        let model = Arc::new(RwLock::new(open_read_model(&log)?));
+        let (tx, rx) = mpsc::channel(config.max_batch * 4);
+        let (events, _) = broadcast::channel(8192);
+        let writer = Writer {
+            log: log.clone(),
+            model: model.clone(),
+            events: events.clone(),
+            max_batch: config.max_batch.max(1),
+            observer: config.on_batch.clone(),
+        };
+        let writer_thread = std::thread::Builder::new()
+            .name("keyledger-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| OpenError::DataDir {
+                path: config.data_dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let flusher = {
+            let (log, model, every) = (log.clone(), model.clone(), config.last_used_flush);
+            std::thread::Builder::new()
+                .name("keyledger-last-used".into())
+                .spawn(move || {
+                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        stop_rx.recv_timeout(every)
+                    {
+                        flush_last_used(&log, &model);
+                    }
+                    flush_last_used(&log, &model);
+                })
+                .map_err(|e| OpenError::DataDir {
+                    path: config.data_dir.display().to_string(),
+                    message: e.to_string(),
+                })?
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                log,
+                model,
+                jobs: Mutex::new(Some(tx)),
+                events,
+                threads: Mutex::new(vec![writer_thread, flusher]),
+                stop_flusher: Mutex::new(Some(stop_tx)),
+            }),
+        })
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.inner.log
+    }
+
+    /// Live committed envelopes, in seq order.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Envelope>> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn public_keys(&self) -> Vec<PublicKeyInfo> {
+        self.inner.log.signing_keys().public_keys()
+    }
+
+    /// Seq of the last event applied to the read models.
+    pub fn head(&self) -> u64 {
+        self.inner.model.read().head()
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.inner.model.read().len()
+    }
+
+    /// Whether the writer is accepting commands.
+    pub fn is_ready(&self) -> bool {
+        self.inner.jobs.lock().as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Stops taking commands, lets the writer finish its queue, persists `last_used_at`.
+    pub fn shutdown(&self) {
+        self.inner.jobs.lock().take();
+        self.inner.stop_flusher.lock().take();
+        let threads = std::mem::take(&mut *self.inner.threads.lock());
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    async fn submit(
+        &self,
+        actor: &Actor,
+        key_id: Uuid,
+        if_version: Option<u64>,
+        action: Action,
+    ) -> Result<Committed, ServiceError> {
+        let tx = self
+            .inner
+            .jobs
+            .lock()
+            .clone()
+            .ok_or_else(|| ServiceError::Unavailable("the service is shutting down".into()))?;
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            key_id,
+            account_limit: actor.account_limit().map(str::to_owned),
+            if_version,
+            action,
+            actor: actor.name(),
+            reply,
+        };
+        tx.send(job)
+            .await
+            .map_err(|_| ServiceError::Unavailable("the service is shutting down".into()))?;
+        rx.await
+            .map_err(|_| ServiceError::Unavailable("the writer stopped".into()))?
+    }
+
+    /// Creates a key; the returned [`Secret`] is the only copy of its plaintext.
+    pub async fn create(
+        &self,
+        actor: &Actor,
+        input: CreateKey,
+    ) -> Result<(Committed, Secret), ServiceError> {
+        actor.require(SCOPE_WRITE)?;
+        let account = match (input.account, actor.account_limit()) {
+            (Some(a), Some(limit)) if a != limit => {
+                return Err(ServiceError::Forbidden(
+                    "account: a non-admin key creates keys only in its own account".into(),
+                ));
+            }
+            (Some(a), _) => a,
+            (None, Some(limit)) => limit.to_owned(),
+            (None, None) => DEFAULT_ACCOUNT.to_owned(),
+        };
+        actor.may_grant(&input.scopes)?;
+        let prefix = input.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
+        keyledger_core::validate::prefix(&prefix)?;
+        let secret = generate_secret(&prefix)?;
+        let new = NewKey {
+            name: input.name,
+            account,
+            owner: input.owner,
+            role: input.role,
+            scopes: input.scopes,
+            allowed_ips: input.allowed_ips,
+            enabled: input.enabled.unwrap_or(true),
+            expires_at: input.expires_at,
+            metadata: input.metadata,
+            prefix,
+            credential: credential(&secret),
+        };
+        let committed = self
+            .submit(actor, Uuid::now_v7(), None, Action::Create(new))
+            .await?;
+        Ok((committed, secret))
+    }
+
+    pub async fn update(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        patch: KeyPatch,
+        if_version: Option<u64>,
+    ) -> Result<Committed, ServiceError> {
+        actor.require(SCOPE_WRITE)?;
+        if let Some(scopes) = &patch.scopes {
+            actor.may_grant(scopes)?;
+        }
+        self.submit(actor, id, if_version, Action::Update(patch)).await
+    }
+
+    /// Rotates the secret; the old one stays valid for `grace_seconds`.
+    pub async fn reset(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        grace_seconds: u64,
+        if_version: Option<u64>,
+    ) -> Result<(Committed, Secret), ServiceError> {
+        actor.require(SCOPE_WRITE)?;
+        let prefix = self
+            .visible(actor, id)
+            .map(|e| e.state.prefix.clone())
+            .unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
+        let secret = generate_secret(&prefix)?;
+        let action = Action::Reset {
+            credential: credential(&secret),
+            grace_seconds,
+        };
+        let committed = self.submit(actor, id, if_version, action).await?;
+        Ok((committed, secret))
+    }
+
+    pub async fn delete(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        if_version: Option<u64>,
+    ) -> Result<Committed, ServiceError> {
+        actor.require(SCOPE_WRITE)?;
+        self.submit(actor, id, if_version, Action::Delete).await
+    }
+
+    /// Runs a system command (expiry, end of rotation) on a key.
+    pub async fn system(&self, id: Uuid, action: Action) -> Result<Committed, ServiceError> {
+        self.submit(&Actor::System, id, None, action).await
+    }
+
+    fn visible(&self, actor: &Actor, id: Uuid) -> Option<Arc<KeyEntry>> {
+        self.inner
+            .model
+            .read()
+            .get(&id)
+            .filter(|e| actor.sees(&e.state))
+            .cloned()
+    }
+
+    /// One live (not revoked) key the actor may see.
+    pub fn get(&self, actor: &Actor, id: Uuid) -> Result<Arc<KeyEntry>, ServiceError> {
+        actor.require(SCOPE_READ)?;
+        self.visible(actor, id)
+            .filter(|e| !e.state.is_deleted())
+            .ok_or(ServiceError::NotFound)
+    }
+
+    pub fn list(&self, actor: &Actor, mut query: ListQuery) -> Result<ListPage, ServiceError> {
+        actor.require(SCOPE_READ)?;
+        if let Some(limit) = actor.account_limit() {
+            match &query.account {
+                Some(a) if a != limit => {
+                    return Err(ServiceError::Forbidden(
+                        "account: only admin keys may list other accounts".into(),
+                    ));
+                }
+                _ => query.account = Some(limit.to_owned()),
+            }
+        }
+        Ok(self.inner.model.read().list(&query))
+    }
+
+    /// Verifies a presented key at `now`: format, lookup, state, IP, scopes. A `VALID` key's
+    /// `last_used_at` is stamped.
+    pub fn verify(
+        &self,
+        presented: &str,
+        required_scopes: &[String],
+        ip: Option<IpAddr>,
+        now: Timestamp,
+    ) -> Verification {
+        let not_found = Verification {
+            code: VerifyCode::NotFound,
+            entry: None,
+            rotating: false,
+        };
+        if check_format(presented).is_err() {
+            return not_found;
+        }
+        let hash = SecretHash::of(presented);
+        let Some(m) = self.inner.model.read().by_hash(&hash) else {
+            return not_found;
+        };
+        let s = &m.entry.state;
+        let code = if s.is_deleted() {
+            VerifyCode::Revoked
+        } else if m.previous && s.previous.as_ref().is_none_or(|p| p.until <= now) {
+            return not_found;
+        } else if !s.enabled {
+            VerifyCode::Disabled
+        } else if s.is_expired_at(now) {
+            VerifyCode::Expired
+        } else if !s.allows_ip(ip) {
+            VerifyCode::ForbiddenIp
+        } else if !required_scopes.iter().all(|r| s.has_scope(r)) {
+            VerifyCode::InsufficientScopes
+        } else {
+            m.entry.touch(now.millis());
+            VerifyCode::Valid
+        };
+        Verification {
+            code,
+            entry: Some(m.entry),
+            rotating: m.previous,
+        }
+    }
+
+    /// Authenticates a caller of keyledger's own API, from `remote_ip`.
+    pub fn authenticate(
+        &self,
+        presented: Option<&str>,
+        remote_ip: Option<IpAddr>,
+    ) -> Result<(Caller, Arc<KeyEntry>), AuthError> {
+        let presented = presented.ok_or(AuthError::Missing)?;
+        let v = self.verify(presented, &[], remote_ip, now());
+        match (v.code, v.entry) {
+            (VerifyCode::Valid, Some(entry)) => Ok((Caller::from_state(&entry.state), entry)),
+            (code, _) => Err(AuthError::Invalid(code)),
+        }
+    }
+
+    /// On an empty log, creates the first admin key. Uses `preset` when given, otherwise
+    /// generates one and returns it (to be shown once). Does nothing on a non-empty log.
+    pub async fn bootstrap(&self, preset: Option<Secret>) -> Result<Option<Secret>, ServiceError> {
+        if self.inner.log.head().map_err(|e| ServiceError::Unavailable(e.to_string()))?.0 > 0 {
+            return Ok(None);
+        }
+        let generated = preset.is_none();
+        let secret = match preset {
+            Some(s) => s,
+            None => generate_secret(DEFAULT_PREFIX)?,
+        };
+        let new = NewKey {
+            name: "bootstrap admin".into(),
+            account: DEFAULT_ACCOUNT.into(),
+            owner: None,
+            role: Some("owner".into()),
+            scopes: vec![SCOPE_ADMIN.into()],
+            allowed_ips: vec![],
+            enabled: true,
+            expires_at: None,
+            metadata: None,
+            prefix: secret.prefix().to_owned(),
+            credential: credential(&secret),
+        };
+        self.submit(&Actor::System, Uuid::now_v7(), None, Action::Create(new))
+            .await?;
+        Ok(generated.then_some(secret))
+    }
+
+    /// Persists pending `last_used_at` stamps now.
+    pub fn flush_last_used(&self) {
+        flush_last_used(&self.inner.log, &self.inner.model);
+    }
+
+    /// The in-memory key states, sorted by id (for consistency checks).
+    pub fn snapshot(&self) -> Vec<keyledger_core::KeyState> {
+        self.inner.model.read().snapshot()
+    }
+}
+
+fn flush_last_used(log: &Log, model: &RwLock<ReadModel>) {
+    let dirty = model.read().take_dirty_last_used();
+    if let Err(e) = persisted::store_last_used(log, &dirty) {
+        tracing::warn!(error = %e, count = dirty.len(), "could not persist last_used_at; will retry");
+    }
+}
+
+/// A new key from the OS CSPRNG.
+pub fn generate_secret(prefix: &str) -> Result<Secret, ServiceError> {
+    let mut random = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(random.as_mut())
+        .map_err(|_| ServiceError::Unavailable("the OS random source failed".into()))?;
+    Ok(Secret::generate(prefix, &random))
+}
+
+fn credential(secret: &Secret) -> Credential {
+    Credential {
+        secret_hash: secret.hash(),
+        hint: secret.hint(),
+    }
+}

@@ -1,0 +1,153 @@
+//! The in-memory read model: every key by id, the verification index (secret hash -> key), and
+//! live `last_used_at` stamps. Fed only with committed envelopes, in seq order.
+
+use keyledger_core::{Event, KeyState, SecretHash, evolve};
+use keyledger_store::Envelope;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use uuid::Uuid;
+
+/// `last_used_at` sentinel for "never".
+const NEVER: i64 = i64::MIN;
+
+/// One key with its live usage stamp. The state is immutable; an event replaces the entry.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub state: KeyState,
+    /// Lower-cased name, for case-insensitive search.
+    pub(crate) name_lower: String,
+    last_used: AtomicI64,
+    /// Set when `last_used` changed since the last flush.
+    dirty: std::sync::atomic::AtomicBool,
+}
+
+impl KeyEntry {
+    fn new(state: KeyState, last_used: i64) -> Self {
+        Self {
+            name_lower: state.name.to_lowercase(),
+            state,
+            last_used: AtomicI64::new(last_used),
+            dirty: false.into(),
+        }
+    }
+
+    pub fn last_used_at(&self) -> Option<i64> {
+        let v = self.last_used.load(Ordering::Relaxed);
+        (v != NEVER).then_some(v)
+    }
+
+    /// Records a use at `ms` (monotonic: an older stamp never overwrites a newer one).
+    pub fn touch(&self, ms: i64) {
+        if self.last_used.fetch_max(ms, Ordering::Relaxed) < ms {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a presented secret hash resolves to.
+#[derive(Debug, Clone)]
+pub struct HashMatch {
+    pub entry: Arc<KeyEntry>,
+    /// The hash is the key's rotated-away secret (valid only during its grace period).
+    pub previous: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct ReadModel {
+    keys: HashMap<Uuid, Arc<KeyEntry>>,
+    by_hash: HashMap<SecretHash, Uuid>,
+    head: u64,
+}
+
+impl ReadModel {
+    /// The seq of the last applied envelope.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn get(&self, id: &Uuid) -> Option<&Arc<KeyEntry>> {
+        self.keys.get(id)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<KeyEntry>> {
+        self.keys.values()
+    }
+
+    /// Inserts a key as loaded from the persisted table.
+    pub fn load(&mut self, state: KeyState, last_used: Option<i64>) {
+        self.index_hashes(&state);
+        let id = state.id;
+        self.keys
+            .insert(id, Arc::new(KeyEntry::new(state, last_used.unwrap_or(NEVER))));
+    }
+
+    pub fn set_head(&mut self, head: u64) {
+        self.head = head;
+    }
+
+    fn index_hashes(&mut self, s: &KeyState) {
+        self.by_hash.insert(s.secret_hash, s.id);
+        if let Some(p) = &s.previous {
+            self.by_hash.insert(p.secret_hash, s.id);
+        }
+    }
+
+    /// Applies one committed envelope. Envelopes at or below the head are ignored, so feeding
+    /// the same envelope twice is harmless.
+    pub fn apply(&mut self, env: &Envelope) {
+        if env.seq <= self.head {
+            return;
+        }
+        self.head = env.seq;
+        let old = self.keys.get(&env.key_id);
+        let last_used = old.map_or(NEVER, |e| e.last_used.load(Ordering::Relaxed));
+        let next = evolve(old.map(|e| e.state.clone()), env.key_id, env.occurred_at, &env.event);
+        match &env.event {
+            Event::Rotated(r) if r.grace_until.is_none() => {
+                self.by_hash.remove(&r.previous_secret_hash);
+            }
+            Event::RotationEnded(r) => {
+                self.by_hash.remove(&r.secret_hash);
+            }
+            _ => {}
+        }
+        self.index_hashes(&next);
+        self.keys
+            .insert(env.key_id, Arc::new(KeyEntry::new(next, last_used)));
+    }
+
+    /// O(1): the key whose current or rotating secret has this hash.
+    pub fn by_hash(&self, hash: &SecretHash) -> Option<HashMatch> {
+        let id = self.by_hash.get(hash)?;
+        let entry = self.keys.get(id)?;
+        Some(HashMatch {
+            previous: entry.state.secret_hash != *hash,
+            entry: entry.clone(),
+        })
+    }
+
+    /// Takes the `last_used_at` stamps changed since the last call.
+    pub fn take_dirty_last_used(&self) -> Vec<(Uuid, i64)> {
+        self.keys
+            .values()
+            .filter(|e| e.dirty.swap(false, Ordering::Relaxed))
+            .filter_map(|e| e.last_used_at().map(|t| (e.state.id, t)))
+            .collect()
+    }
+
+    /// The states of all keys, sorted by id: for comparing two models.
+    pub fn snapshot(&self) -> Vec<KeyState> {
+        let mut v: Vec<KeyState> = self.keys.values().map(|e| e.state.clone()).collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+}

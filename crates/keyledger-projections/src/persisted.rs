@@ -1,0 +1,141 @@
+//! The persisted key table: `key id -> KeyState` in the log's redb file, updated by
+//! [`KeyTableProjector`] inside each append's write transaction, with its checkpoint (the last
+//! applied seq) in the same transaction. It can therefore never disagree with the log.
+
+use crate::ProjectionError;
+use keyledger_core::{KeyState, evolve};
+use keyledger_store::{Envelope, Log, Projector, StoreError};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use uuid::Uuid;
+
+pub(crate) const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("proj_keys");
+pub(crate) const LAST_USED: TableDefinition<u128, i64> = TableDefinition::new("proj_last_used");
+const META: TableDefinition<&str, u64> = TableDefinition::new("proj_meta");
+const CHECKPOINT: &str = "keys_checkpoint";
+/// Bump when the stored `KeyState` shape changes: the table is then rebuilt from the log.
+const FORMAT: u64 = 1;
+
+fn storage(e: impl ToString) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+/// Folds each appended event into the persisted key table.
+#[derive(Debug, Default)]
+pub struct KeyTableProjector;
+
+impl Projector for KeyTableProjector {
+    fn apply(&mut self, txn: &WriteTransaction, env: &Envelope) -> Result<(), StoreError> {
+        let mut table = txn.open_table(KEYS).map_err(storage)?;
+        let key = env.key_id.as_u128();
+        let current = match table.get(key).map_err(storage)? {
+            Some(bytes) => Some(decode_state(bytes.value())?),
+            None => None,
+        };
+        let next = evolve(current, env.key_id, env.occurred_at, &env.event);
+        let bytes = serde_json::to_vec(&next).map_err(|e| StoreError::Encode(e.to_string()))?;
+        table.insert(key, bytes.as_slice()).map_err(storage)?;
+        Ok(())
+    }
+
+    fn finish(&mut self, txn: &WriteTransaction, head: u64) -> Result<(), StoreError> {
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        meta.insert(CHECKPOINT, head).map_err(storage)?;
+        meta.insert("keys_format", FORMAT).map_err(storage)?;
+        Ok(())
+    }
+}
+
+fn decode_state(bytes: &[u8]) -> Result<KeyState, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("key table: {e}")))
+}
+
+/// Brings the persisted table up to the log's head: a full rebuild when it is missing, of an
+/// older format, or `rebuild` is set; otherwise only the events after its checkpoint.
+/// `progress(done, total)` is called as events are applied. Returns the number applied.
+pub fn catch_up(
+    log: &Log,
+    rebuild: bool,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, ProjectionError> {
+    let db = log.database();
+    let (head, _) = log.head()?;
+    let (checkpoint, format) = {
+        let txn = db.begin_write().map_err(storage)?;
+        let out = {
+            let meta = txn.open_table(META).map_err(storage)?;
+            let cp = meta.get(CHECKPOINT).map_err(storage)?.map_or(0, |v| v.value());
+            let fmt = meta.get("keys_format").map_err(storage)?.map_or(0, |v| v.value());
+            (cp, fmt)
+        };
+        txn.open_table(KEYS).map_err(storage)?;
+        txn.open_table(LAST_USED).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        out
+    };
+    let from = if rebuild || format != FORMAT || checkpoint > head {
+        let txn = db.begin_write().map_err(storage)?;
+        txn.delete_table(KEYS).map_err(storage)?;
+        txn.open_table(KEYS).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        0
+    } else {
+        checkpoint
+    };
+    if from == head {
+        return Ok(0);
+    }
+    // Apply in chunks so that one transaction never holds the whole log.
+    const CHUNK: usize = 50_000;
+    let total = head - from;
+    let mut applied = 0u64;
+    let mut after = from;
+    loop {
+        let batch = log.read(after, CHUNK)?;
+        let Some(last) = batch.last().map(|e| e.seq) else { break };
+        let txn = db.begin_write().map_err(storage)?;
+        let mut p = KeyTableProjector;
+        for env in &batch {
+            p.apply(&txn, env)?;
+        }
+        p.finish(&txn, last)?;
+        txn.commit().map_err(storage)?;
+        applied += batch.len() as u64;
+        progress(applied, total);
+        after = last;
+    }
+    Ok(applied)
+}
+
+/// Every key in the persisted table with its persisted `last_used_at` (ms), plus the checkpoint.
+pub fn load_all(
+    log: &Log,
+    mut f: impl FnMut(KeyState, Option<i64>),
+) -> Result<u64, ProjectionError> {
+    let txn = log.database().begin_read().map_err(storage)?;
+    let keys = txn.open_table(KEYS).map_err(storage)?;
+    let used = txn.open_table(LAST_USED).map_err(storage)?;
+    let meta = txn.open_table(META).map_err(storage)?;
+    let checkpoint = meta.get(CHECKPOINT).map_err(storage)?.map_or(0, |v| v.value());
+    for item in keys.iter().map_err(storage)? {
+        let (k, v) = item.map_err(storage)?;
+        let last_used = used.get(k.value()).map_err(storage)?.map(|v| v.value());
+        f(decode_state(v.value())?, last_used);
+    }
+    Ok(checkpoint)
+}
+
+/// Persists `last_used_at` values (write-behind); one transaction for the lot.
+pub fn store_last_used(log: &Log, values: &[(Uuid, i64)]) -> Result<(), ProjectionError> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let txn = log.database().begin_write().map_err(storage)?;
+    {
+        let mut t = txn.open_table(LAST_USED).map_err(storage)?;
+        for (id, ms) in values {
+            t.insert(id.as_u128(), *ms).map_err(storage)?;
+        }
+    }
+    txn.commit().map_err(storage)?;
+    Ok(())
+}

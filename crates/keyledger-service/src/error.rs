@@ -1,0 +1,50 @@
+use keyledger_core::DomainError;
+
+/// Why a service call failed. Each variant maps to one HTTP status at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// A field is invalid (400); the message names the field.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// Absent, or in another account (404).
+    #[error("key not found")]
+    NotFound,
+    /// A write to a revoked key (409).
+    #[error("the key has been revoked")]
+    Deleted,
+    /// The key id is taken, or a concurrent write won (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// `If-Match` did not match the key's version (412).
+    #[error("version mismatch: expected {expected}, the key is at {actual}")]
+    VersionMismatch { expected: u64, actual: u64 },
+    /// The caller lacks a scope or tries to grant one it does not hold (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Storage failed or the service is shutting down (503); nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<DomainError> for ServiceError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::Invalid { field, message } => Self::Invalid { field, message },
+            DomainError::AlreadyExists => Self::Conflict("a key with this id already exists".into()),
+            DomainError::NotFound => Self::NotFound,
+            DomainError::Deleted => Self::Deleted,
+            DomainError::VersionMismatch { expected, actual } => {
+                Self::VersionMismatch { expected, actual }
+            }
+        }
+    }
+}
+
+/// Why a presented key does not authenticate (401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing API key")]
+    Missing,
+    #[error("invalid API key ({0})")]
+    Invalid(crate::VerifyCode),
+}

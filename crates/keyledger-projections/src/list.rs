@@ -82,9 +82,18 @@ impl ListQuery {
         let s = &e.state;
         !s.is_deleted()
             && self.account.as_ref().is_none_or(|a| *a == s.account)
-            && self.search.as_ref().is_none_or(|q| e.name_lower.contains(q.as_str()))
-            && self.role.as_ref().is_none_or(|r| s.role.as_ref() == Some(r))
-            && self.owner.as_ref().is_none_or(|o| s.owner.as_ref() == Some(o))
+            && self
+                .search
+                .as_ref()
+                .is_none_or(|q| e.name_lower.contains(q.as_str()))
+            && self
+                .role
+                .as_ref()
+                .is_none_or(|r| s.role.as_ref() == Some(r))
+            && self
+                .owner
+                .as_ref()
+                .is_none_or(|o| s.owner.as_ref() == Some(o))
             && self.enabled.is_none_or(|en| s.enabled == en)
             && self.scope.as_ref().is_none_or(|sc| s.has_scope(sc))
     }
@@ -105,7 +114,10 @@ impl ReadModel {
             }
             total += 1;
             let k = (sort_value(e, q.sort), e.state.id);
-            if cursor.as_ref().is_none_or(|c| order(&k, c) == Ordering::Greater) {
+            if cursor
+                .as_ref()
+                .is_none_or(|c| order(&k, c) == Ordering::Greater)
+            {
                 rest.push((k, e));
             }
         }

@@ -86,8 +86,10 @@ impl ReadModel {
     pub fn load(&mut self, state: KeyState, last_used: Option<i64>) {
         self.index_hashes(&state);
         let id = state.id;
-        self.keys
-            .insert(id, Arc::new(KeyEntry::new(state, last_used.unwrap_or(NEVER))));
+        self.keys.insert(
+            id,
+            Arc::new(KeyEntry::new(state, last_used.unwrap_or(NEVER))),
+        );
     }
 
     pub fn set_head(&mut self, head: u64) {
@@ -110,7 +112,12 @@ impl ReadModel {
         self.head = env.seq;
         let old = self.keys.get(&env.key_id);
         let last_used = old.map_or(NEVER, |e| e.last_used.load(Ordering::Relaxed));
-        let next = evolve(old.map(|e| e.state.clone()), env.key_id, env.occurred_at, &env.event);
+        let next = evolve(
+            old.map(|e| e.state.clone()),
+            env.key_id,
+            env.occurred_at,
+            &env.event,
+        );
         match &env.event {
             Event::Rotated(r) if r.grace_until.is_none() => {
                 self.by_hash.remove(&r.previous_secret_hash);

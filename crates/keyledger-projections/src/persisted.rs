@@ -63,8 +63,14 @@ pub fn catch_up(
         let txn = db.begin_write().map_err(storage)?;
         let out = {
             let meta = txn.open_table(META).map_err(storage)?;
-            let cp = meta.get(CHECKPOINT).map_err(storage)?.map_or(0, |v| v.value());
-            let fmt = meta.get("keys_format").map_err(storage)?.map_or(0, |v| v.value());
+            let cp = meta
+                .get(CHECKPOINT)
+                .map_err(storage)?
+                .map_or(0, |v| v.value());
+            let fmt = meta
+                .get("keys_format")
+                .map_err(storage)?
+                .map_or(0, |v| v.value());
             (cp, fmt)
         };
         txn.open_table(KEYS).map_err(storage)?;
@@ -91,7 +97,9 @@ pub fn catch_up(
     let mut after = from;
     loop {
         let batch = log.read(after, CHUNK)?;
-        let Some(last) = batch.last().map(|e| e.seq) else { break };
+        let Some(last) = batch.last().map(|e| e.seq) else {
+            break;
+        };
         let txn = db.begin_write().map_err(storage)?;
         let mut p = KeyTableProjector;
         for env in &batch {
@@ -115,7 +123,10 @@ pub fn load_all(
     let keys = txn.open_table(KEYS).map_err(storage)?;
     let used = txn.open_table(LAST_USED).map_err(storage)?;
     let meta = txn.open_table(META).map_err(storage)?;
-    let checkpoint = meta.get(CHECKPOINT).map_err(storage)?.map_or(0, |v| v.value());
+    let checkpoint = meta
+        .get(CHECKPOINT)
+        .map_err(storage)?
+        .map_or(0, |v| v.value());
     for item in keys.iter().map_err(storage)? {
         let (k, v) = item.map_err(storage)?;
         let last_used = used.get(k.value()).map_err(storage)?.map(|v| v.value());

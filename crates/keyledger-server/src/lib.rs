@@ -1,1 +1,169 @@
-//! tmp
+//! # keyledger-server
+//!
+//! keyledger's HTTP API on axum. The only crate that knows HTTP and the JSON wire format.
+//!
+//! - [`router`]: every route of SPEC §3 under `/v1`, plus `/healthz`, `/readyz`, `/metrics`
+//!   and `/openapi.json` (generated from the handlers by utoipa, see [`ApiDoc`]).
+//! - [`extract`]: authentication (`Authorization: Bearer`, `X-API-Key`, `APIKEY`, and
+//!   `?apikey=` only when allowed), JSON bodies and query strings that reject unknown fields
+//!   naming them, `If-Match`.
+//! - [`error::ApiError`]: the error envelope `{"error": {"code", "message", "request_id"}}`.
+//! - [`metrics::Metrics`]: Prometheus counters and histograms.
+//!
+//! **API boundary:** handlers translate between the wire format ([`dto`]) and
+//! `keyledger-service`; no domain rule lives here.
+
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod metrics;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use error::{ApiError, REQUEST_ID};
+use keyledger_service::Service;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use utoipa::OpenApi;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Service,
+    pub metrics: Arc<metrics::Metrics>,
+    pub allow_query_key: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ServerConfig {
+    /// Accept `?apikey=` (keys in URLs end up in logs; off by default).
+    pub allow_query_key: bool,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "keyledger", description = "Event-sourced API-key lifecycle service"),
+    paths(
+        handlers::create_key, handlers::list_keys, handlers::get_key, handlers::update_key,
+        handlers::reset_key, handlers::delete_key, handlers::me, handlers::verify,
+        handlers::signing_key, handlers::healthz, handlers::readyz
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "keys"), (name = "verify"), (name = "events"), (name = "ops"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The full router with its state.
+pub fn router(service: Service, config: ServerConfig, metrics: Arc<metrics::Metrics>) -> Router {
+    let state = AppState {
+        service,
+        metrics,
+        allow_query_key: config.allow_query_key,
+    };
+    Router::new()
+        .route(
+            "/v1/keys",
+            post(handlers::create_key).get(handlers::list_keys),
+        )
+        .route(
+            "/v1/keys/{id}",
+            get(handlers::get_key)
+                .patch(handlers::update_key)
+                .put(handlers::update_key)
+                .delete(handlers::delete_key),
+        )
+        .route("/v1/keys/{id}/reset", post(handlers::reset_key))
+        .route("/v1/me", get(handlers::me))
+        .route("/v1/verify", post(handlers::verify))
+        .route("/v1/signing-key", get(handlers::signing_key))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(render_metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(handlers::not_found_fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}
+
+async fn render_metrics(State(st): State<AppState>) -> impl IntoResponse {
+    let body = st.metrics.render(st.service.key_count(), st.service.head());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    axum::Json(ApiDoc::openapi())
+}
+
+/// Gives each request an id (`X-Request-Id`, and `request_id` in errors), and records its
+/// route, status and latency. Never logs headers or bodies (they carry keys).
+async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = uuid::Uuid::now_v7().to_string();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    let status = resp.status().as_u16();
+    let secs = started.elapsed().as_secs_f64();
+    st.metrics.request(&method, &route, status, secs);
+    tracing::debug!(%method, %route, status, micros = (secs * 1e6) as u64, request_id = %id, "request");
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -30,7 +30,9 @@ impl From<DomainError> for ServiceError {
     fn from(e: DomainError) -> Self {
         match e {
             DomainError::Invalid { field, message } => Self::Invalid { field, message },
-            DomainError::AlreadyExists => Self::Conflict("a key with this id already exists".into()),
+            DomainError::AlreadyExists => {
+                Self::Conflict("a key with this id already exists".into())
+            }
             DomainError::NotFound => Self::NotFound,
             DomainError::Deleted => Self::Deleted,
             DomainError::VersionMismatch { expected, actual } => {

@@ -17,9 +17,7 @@ mod caller;
 mod error;
 pub mod writer;
 
-pub use caller::{
-    Actor, Caller, SCOPE_ADMIN, SCOPE_EVENTS, SCOPE_READ, SCOPE_VERIFY, SCOPE_WRITE,
-};
+pub use caller::{Actor, Caller, SCOPE_ADMIN, SCOPE_EVENTS, SCOPE_READ, SCOPE_VERIFY, SCOPE_WRITE};
 pub use error::{AuthError, ServiceError};
 pub use keyledger_projections::{Cursor, KeyEntry, ListPage, ListQuery, SortField, SortValue};
 pub use writer::{BatchObserver, BatchStats, Committed};
@@ -254,7 +252,11 @@ impl Service {
 
     /// Whether the writer is accepting commands.
     pub fn is_ready(&self) -> bool {
-        self.inner.jobs.lock().as_ref().is_some_and(|tx| !tx.is_closed())
+        self.inner
+            .jobs
+            .lock()
+            .as_ref()
+            .is_some_and(|tx| !tx.is_closed())
     }
 
     /// Stops taking commands, lets the writer finish its queue, persists `last_used_at`.
@@ -347,7 +349,8 @@ impl Service {
         if let Some(scopes) = &patch.scopes {
             actor.may_grant(scopes)?;
         }
-        self.submit(actor, id, if_version, Action::Update(patch)).await
+        self.submit(actor, id, if_version, Action::Update(patch))
+            .await
     }
 
     /// Rotates the secret; the old one stays valid for `grace_seconds`.
@@ -481,7 +484,14 @@ impl Service {
     /// On an empty log, creates the first admin key. Uses `preset` when given, otherwise
     /// generates one and returns it (to be shown once). Does nothing on a non-empty log.
     pub async fn bootstrap(&self, preset: Option<Secret>) -> Result<Option<Secret>, ServiceError> {
-        if self.inner.log.head().map_err(|e| ServiceError::Unavailable(e.to_string()))?.0 > 0 {
+        if self
+            .inner
+            .log
+            .head()
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?
+            .0
+            > 0
+        {
             return Ok(None);
         }
         let generated = preset.is_none();

@@ -165,7 +165,9 @@ impl Writer {
                     .get(&p.job.key_id)
                     .map(|entry| Committed {
                         entry: entry.clone(),
-                        events: outcome.map(|r| r.clone().unwrap_or_default()).unwrap_or_default(),
+                        events: outcome
+                            .map(|r| r.clone().unwrap_or_default())
+                            .unwrap_or_default(),
                     })
                     .ok_or(ServiceError::NotFound),
             };
@@ -184,7 +186,9 @@ impl Writer {
         {
             // Another account's key answers as if absent; a create of its id as a conflict.
             return Err(match job.action {
-                Action::Create(_) => ServiceError::Conflict("a key with this id already exists".into()),
+                Action::Create(_) => {
+                    ServiceError::Conflict("a key with this id already exists".into())
+                }
                 _ => ServiceError::NotFound,
             });
         }

@@ -1,1 +1,121 @@
-//! tmp
+//! # keyledger
+//!
+//! The binary's library half: wires the crates together. [`start`] opens the data dir, runs the
+//! service and the HTTP server, and creates the bootstrap admin key on an empty log; the CLI in
+//! `main.rs` parses arguments and calls into here. Tests start servers in-process through the
+//! same [`start`].
+
+use anyhow::Context;
+use keyledger_core::Secret;
+use keyledger_server::metrics::Metrics;
+use keyledger_server::{ServerConfig, router, serve};
+use keyledger_service::{Config, Service};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Everything `keyledger serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Accept `?apikey=`.
+    pub allow_query_key: bool,
+    /// The first admin key on an empty log (a well-formed keyledger key); generated if `None`.
+    pub bootstrap_key: Option<String>,
+    pub signing_key_file: Option<PathBuf>,
+}
+
+impl ServeOptions {
+    /// Loopback on an ephemeral port, everything else off.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            allow_query_key: false,
+            bootstrap_key: None,
+            signing_key_file: None,
+        }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    /// The bound address (the real port when asked for port 0).
+    pub addr: SocketAddr,
+    /// The generated bootstrap admin key, only on the first start of an empty log.
+    pub bootstrap_secret: Option<String>,
+    service: Service,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// Stops accepting connections, drains in-flight requests, lets the writer finish, and
+    /// persists `last_used_at`.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
+            Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+            Ok(Ok(())) => {}
+        }
+        let service = self.service;
+        let _ = tokio::task::spawn_blocking(move || service.shutdown()).await;
+    }
+}
+
+/// Opens the data dir, starts the service and serves HTTP on `opts.listen`.
+pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
+    let preset = opts
+        .bootstrap_key
+        .as_deref()
+        .map(|k| Secret::parse(k.trim()))
+        .transpose()
+        .map_err(|e| {
+            anyhow::anyhow!("KEYLEDGER_BOOTSTRAP_KEY is not a well-formed keyledger key: {e}")
+        })?;
+    let metrics = Arc::new(Metrics::default());
+    let mut config = Config::new(&opts.data_dir);
+    config.signing_key_file = opts.signing_key_file.clone();
+    let observer = metrics.clone();
+    config.on_batch = Some(Arc::new(move |s| observer.batch(s)));
+    let service = tokio::task::spawn_blocking(move || Service::open(config))
+        .await
+        .context("opening the data dir")?
+        .with_context(|| format!("opening data dir {}", opts.data_dir.display()))?;
+    let bootstrap_secret = service
+        .bootstrap(preset)
+        .await
+        .context("creating the bootstrap admin key")?
+        .map(|s| s.expose().to_owned());
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let app = router(
+        service.clone(),
+        ServerConfig {
+            allow_query_key: opts.allow_query_key,
+        },
+        metrics,
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, app, async move {
+        let _ = stopped.await;
+    }));
+    tracing::info!(%addr, data_dir = %opts.data_dir.display(), keys = service.key_count(), head = service.head(), "keyledger serving");
+    Ok(Server {
+        addr,
+        bootstrap_secret,
+        service,
+        stop,
+        task,
+    })
+}

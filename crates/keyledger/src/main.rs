@@ -1,1 +1,303 @@
-fn main() {}
+//! The `keyledger` command line: parses arguments, then calls into the library crates.
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use keyledger::{ServeOptions, start};
+use keyledger_service::{Actor, Config, CreateKey, ListQuery, Service, open_log};
+use keyledger_store::SigningKeys;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "keyledger",
+    version,
+    about = "Event-sourced API-key lifecycle service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// Where the log (redb) and the signing keys live.
+    #[arg(long, env = "KEYLEDGER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Read the signing keys from this file instead of `<data-dir>/signing-keys.json`.
+    #[arg(long, env = "KEYLEDGER_SIGNING_KEY_FILE")]
+    signing_key_file: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn config(&self) -> Config {
+        let mut c = Config::new(&self.data_dir);
+        c.signing_key_file = self.signing_key_file.clone();
+        c
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service.
+    Serve {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Address to listen on.
+        #[arg(long, env = "KEYLEDGER_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Accept keys in the `?apikey=` query parameter (they end up in access logs).
+        #[arg(long, env = "KEYLEDGER_ALLOW_QUERY_KEY")]
+        allow_query_key: bool,
+        /// The first admin key on an empty log (else one is generated and printed once).
+        #[arg(long, env = "KEYLEDGER_BOOTSTRAP_KEY", hide_env_values = true)]
+        bootstrap_key: Option<String>,
+    },
+    /// Rebuild every read model from the log.
+    Replay {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Audit the log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Manage keys offline (the service must not be running on the same data dir).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage the keys that sign the log.
+    SigningKey {
+        #[command(subcommand)]
+        command: SigningKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check seqs, the hash chain and every signature; exit 1 naming the first bad seq.
+    Verify {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print its secret once.
+    Create {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        account: Option<String>,
+        /// Repeatable.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// List keys as JSON lines.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Revoke a key.
+    Revoke {
+        #[command(flatten)]
+        data: DataArgs,
+        id: uuid::Uuid,
+    },
+}
+
+#[derive(Subcommand)]
+enum SigningKeyCommand {
+    /// Add a new signing key; earlier keys stay for verifying old events.
+    Rotate {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYLEDGER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve {
+            data,
+            listen,
+            allow_query_key,
+            bootstrap_key,
+        } => rt.block_on(serve(ServeOptions {
+            data_dir: data.data_dir,
+            listen,
+            allow_query_key,
+            bootstrap_key,
+            signing_key_file: data.signing_key_file,
+        })),
+        Command::Replay { data } => replay(&data),
+        Command::Audit {
+            command: AuditCommand::Verify { data },
+        } => audit_verify(&data),
+        Command::Keys { command } => rt.block_on(keys(command)),
+        Command::SigningKey {
+            command: SigningKeyCommand::Rotate { data },
+        } => {
+            let info =
+                SigningKeys::rotate(&data.config().signing_key_path(), keyledger_service::now())?;
+            println!("{}", serde_json::to_string(&info)?);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let server = start(opts).await?;
+    if let Some(secret) = &server.bootstrap_secret {
+        eprintln!(
+            "\nkeyledger: created the bootstrap admin key. It is shown this once; store it now:\n\n    {secret}\n"
+        );
+    }
+    eprintln!("keyledger: listening on http://{}", server.addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:40}} {{pos}}/{{len}} events ({{per_sec}}, eta {{eta}})"
+        ))
+        .expect("valid template"),
+    );
+    pb
+}
+
+fn replay(data: &DataArgs) -> anyhow::Result<()> {
+    let log = open_log(&data.config())?;
+    let (head, _) = log.head()?;
+    let pb = bar(head, "replay");
+    let started = std::time::Instant::now();
+    let n = keyledger_projections::persisted::catch_up(&log, true, |done, _| pb.set_position(done))
+        .context("replaying the log")?;
+    pb.finish();
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    eprintln!(
+        "replayed {n} events in {secs:.2} s ({:.0} events/s)",
+        n as f64 / secs
+    );
+    Ok(())
+}
+
+fn audit_verify(data: &DataArgs) -> anyhow::Result<()> {
+    let log = open_log(&data.config())?;
+    let (head, _) = log.head()?;
+    let pb = bar(head, "verify");
+    let verifier = log.signing_keys().verifier();
+    let result = keyledger_store::audit::verify_log(&log, &verifier, |seq| {
+        if seq % 1024 == 0 {
+            pb.set_position(seq);
+        }
+    });
+    pb.finish_and_clear();
+    match result {
+        Ok(n) => {
+            println!("ok: {n} events, chain and signatures verified");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("audit failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    let data = match &cmd {
+        KeysCommand::Create { data, .. }
+        | KeysCommand::List { data, .. }
+        | KeysCommand::Revoke { data, .. } => data.clone(),
+    };
+    let config = data.config();
+    let service = tokio::task::spawn_blocking(move || Service::open(config)).await??;
+    let result = run_keys(&service, cmd).await;
+    tokio::task::spawn_blocking(move || service.shutdown()).await?;
+    result
+}
+
+async fn run_keys(service: &Service, cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Create {
+            name,
+            account,
+            scopes,
+            ..
+        } => {
+            let input = CreateKey {
+                name,
+                account,
+                scopes,
+                ..Default::default()
+            };
+            let (c, secret) = service.create(&Actor::Cli, input).await?;
+            eprintln!("created key {} ({})", c.entry.state.id, c.entry.state.hint);
+            println!("{}", secret.expose());
+        }
+        KeysCommand::List { account, .. } => {
+            let page = service.list(
+                &Actor::Cli,
+                ListQuery {
+                    account,
+                    limit: usize::MAX,
+                    ..Default::default()
+                },
+            )?;
+            for e in page.items {
+                let s = &e.state;
+                println!(
+                    "{}",
+                    serde_json::json!({"id": s.id, "name": s.name, "account": s.account,
+                        "scopes": s.scopes, "enabled": s.enabled, "hint": s.hint, "version": s.version})
+                );
+            }
+        }
+        KeysCommand::Revoke { id, .. } => {
+            if let Err(e) = service.delete(&Actor::Cli, id, None).await {
+                bail!("cannot revoke {id}: {e}");
+            }
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(())
+}

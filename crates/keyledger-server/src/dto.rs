@@ -1,0 +1,237 @@
+//! The wire format of the HTTP API. Only this crate knows it.
+
+use keyledger_core::Timestamp;
+use keyledger_core::event::present;
+use keyledger_service::{KeyEntry, Verification};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// A key. Never contains its secret or the secret's hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyResource {
+    pub id: Uuid,
+    pub name: String,
+    pub account: String,
+    pub owner: Option<String>,
+    pub role: Option<String>,
+    pub scopes: Vec<String>,
+    /// Normalised CIDR blocks (a single address as `/32` or `/128`).
+    pub allowed_ips: Vec<String>,
+    pub enabled: bool,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// Prefix and last four characters, e.g. `kl_...x9Qa`.
+    pub hint: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub rotated_at: Option<Timestamp>,
+    /// Number of events in the key's stream; the `ETag`.
+    pub version: u64,
+}
+
+impl From<&KeyEntry> for KeyResource {
+    fn from(e: &KeyEntry) -> Self {
+        let s = &e.state;
+        Self {
+            id: s.id,
+            name: s.name.clone(),
+            account: s.account.clone(),
+            owner: s.owner.clone(),
+            role: s.role.clone(),
+            scopes: s.scopes.clone(),
+            allowed_ips: s.allowed_ips.iter().map(ToString::to_string).collect(),
+            enabled: s.enabled,
+            expires_at: s.expires_at,
+            metadata: Value::Object(s.metadata.clone()),
+            hint: s.hint.clone(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            last_used_at: e.last_used_at().map(Timestamp::from_millis),
+            rotated_at: s.rotated_at,
+            version: s.version,
+        }
+    }
+}
+
+/// A key with its plaintext secret: only in create and reset responses.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyWithSecret {
+    pub key: KeyResource,
+    /// The plaintext key. Shown once; store it now.
+    pub secret: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// 1 to 255 characters.
+    pub name: String,
+    /// `[A-Za-z0-9_-]{1,64}`; default: the caller's account (`default` for admins).
+    pub account: Option<String>,
+    pub owner: Option<String>,
+    pub role: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// IPs or CIDR blocks, v4 or v6; empty = any.
+    #[serde(default)]
+    pub allowed_ips: Vec<String>,
+    pub enabled: Option<bool>,
+    /// RFC 3339, in the future.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    /// A JSON object of at most 8 KiB.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// `[a-z0-9]{1,16}`, default `kl`.
+    pub prefix: Option<String>,
+}
+
+/// Absent fields stay unchanged; `null` clears `owner`, `role` and `expires_at`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyRequest {
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub owner: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub role: Option<Option<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub allowed_ips: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Option<Timestamp>>,
+    /// Replaces the whole object.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetKeyRequest {
+    /// How long the old secret stays valid, 0..=604800 seconds (default 0).
+    #[serde(default)]
+    pub grace_seconds: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The presented key.
+    pub key: String,
+    /// Scopes the key must all hold.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The client's address, checked against `allowed_ips`.
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyResponse {
+    pub valid: bool,
+    /// `VALID`, `NOT_FOUND`, `DISABLED`, `EXPIRED`, `REVOKED`, `FORBIDDEN_IP`,
+    /// `INSUFFICIENT_SCOPES`.
+    pub code: String,
+    pub key_id: Option<Uuid>,
+    pub account: Option<String>,
+    pub owner: Option<String>,
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    pub enabled: Option<bool>,
+    /// The presented secret was rotated away and is inside its grace period.
+    pub rotating: bool,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub rotation_ends_at: Option<Timestamp>,
+}
+
+impl From<&Verification> for VerifyResponse {
+    fn from(v: &Verification) -> Self {
+        let s = v.entry.as_ref().map(|e| &e.state);
+        Self {
+            valid: v.code == keyledger_service::VerifyCode::Valid,
+            code: v.code.as_str().into(),
+            key_id: s.map(|s| s.id),
+            account: s.map(|s| s.account.clone()),
+            owner: s.and_then(|s| s.owner.clone()),
+            name: s.map(|s| s.name.clone()),
+            role: s.and_then(|s| s.role.clone()),
+            scopes: s.map(|s| s.scopes.clone()),
+            expires_at: s.and_then(|s| s.expires_at),
+            metadata: s.map(|s| Value::Object(s.metadata.clone())),
+            enabled: s.map(|s| s.enabled),
+            rotating: v.rotating,
+            rotation_ends_at: s
+                .filter(|_| v.rotating)
+                .and_then(|s| s.previous.as_ref().map(|p| p.until)),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// 1..=1000, default 50.
+    pub limit: Option<usize>,
+    pub offset: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// `created_at` (default), `updated_at`, `name`, `last_used_at`.
+    pub sort: Option<String>,
+    /// `asc` (default) or `desc`.
+    pub order: Option<String>,
+    /// Case-insensitive substring of the name.
+    pub search: Option<String>,
+    pub role: Option<String>,
+    pub enabled: Option<bool>,
+    pub owner: Option<String>,
+    /// Keys holding this scope.
+    pub scope: Option<String>,
+    /// Admin only: one account (default: all).
+    pub account: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    pub data: Vec<KeyResource>,
+    /// Keys matching the filters, over all pages.
+    pub total: usize,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SigningKeys {
+    pub keys: Vec<SigningKeyInfo>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SigningKeyInfo {
+    pub id: String,
+    pub algorithm: String,
+    /// Standard base64 of the 32-byte ed25519 public key.
+    pub public_key: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}

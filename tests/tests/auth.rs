@@ -1,0 +1,295 @@
+//! Authentication (three headers, the opt-in query parameter, 401s), scopes (403s), GET /v1/me,
+//! and the bootstrap admin key.
+
+use keyledger_e2e::*;
+use reqwest::Method;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_x_api_key_and_apikey_headers_all_authenticate() {
+    let h = Harness::start().await;
+    let (key, secret) = h.create_key(json!({ "name": "caller" })).await;
+    for auth in [
+        Auth::Bearer(&secret),
+        Auth::XApiKey(&secret),
+        Auth::ApiKeyHeader(&secret),
+    ] {
+        let me = h
+            .send_auth(Method::GET, "/v1/me", auth, None)
+            .await
+            .expect(200)
+            .json();
+        assert_eq!(me["id"], key["id"], "{auth:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_key_is_401_unauthorized() {
+    let h = Harness::start().await;
+    for (method, path) in [
+        (Method::GET, "/v1/me"),
+        (Method::GET, "/v1/keys"),
+        (Method::POST, "/v1/keys"),
+        (Method::POST, "/v1/verify"),
+        (Method::GET, "/v1/keys/01900000-0000-7000-8000-000000000000"),
+    ] {
+        let body = (method == Method::POST).then(|| json!({ "name": "x", "key": "y" }));
+        h.send_auth(method.clone(), path, Auth::None, body.as_ref())
+            .await
+            .expect_error(401, "unauthorized");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_or_malformed_key_is_401_without_echoing_it() {
+    let h = Harness::start().await;
+    let unknown = well_formed_key(99);
+    for bad in [unknown.as_str(), "kl_short", "not a key at all"] {
+        for auth in [
+            Auth::Bearer(bad),
+            Auth::XApiKey(bad),
+            Auth::ApiKeyHeader(bad),
+        ] {
+            let r = h.send_auth(Method::GET, "/v1/me", auth, None).await;
+            r.assert_absent(bad);
+            r.expect_error(401, "unauthorized");
+        }
+    }
+    // An Authorization header that is not a Bearer token.
+    let r = h
+        .request(Method::GET, "/v1/me")
+        .header("authorization", format!("Basic {}", h.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_key_is_ignored_without_the_opt_in() {
+    let h = Harness::start().await;
+    h.send_auth(Method::GET, "/v1/me", Auth::Query(&h.admin), None)
+        .await
+        .expect_error(401, "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_key_authenticates_with_the_opt_in() {
+    let h = Harness::start_with(Config {
+        allow_query_key: true,
+        ..Config::default()
+    })
+    .await;
+    let me = h
+        .send_auth(Method::GET, "/v1/me", Auth::Query(&h.admin), None)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(me["scopes"], json!(["admin"]));
+    // The apikey parameter is not an "unknown query parameter" of the list endpoint.
+    let page = h
+        .send_auth(Method::GET, "/v1/keys?limit=5", Auth::Query(&h.admin), None)
+        .await
+        .expect(200)
+        .json();
+    assert!(page["data"].is_array());
+    // Still 401 for a bad key in the query.
+    h.send_auth(
+        Method::GET,
+        "/v1/me",
+        Auth::Query(&well_formed_key(98)),
+        None,
+    )
+    .await
+    .expect_error(401, "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_revoked_or_rotated_away_keys_cannot_authenticate() {
+    let h = Harness::start().await;
+    let (a, a_secret) = h
+        .create_key(json!({ "name": "a", "scopes": ["keys:read"] }))
+        .await;
+    let (b, b_secret) = h
+        .create_key(json!({ "name": "b", "scopes": ["keys:read"] }))
+        .await;
+    let (c, c_secret) = h
+        .create_key(json!({ "name": "c", "scopes": ["keys:read"] }))
+        .await;
+    h.get("/v1/me", &a_secret).await.expect(200);
+
+    h.patch(
+        &format!("/v1/keys/{}", id_of(&a)),
+        &h.admin,
+        &json!({ "enabled": false }),
+    )
+    .await
+    .expect(200);
+    h.get("/v1/me", &a_secret)
+        .await
+        .expect_error(401, "unauthorized");
+
+    h.delete(&format!("/v1/keys/{}", id_of(&b)), &h.admin)
+        .await
+        .expect(204);
+    h.get("/v1/me", &b_secret)
+        .await
+        .expect_error(401, "unauthorized");
+
+    let v = h
+        .post(
+            &format!("/v1/keys/{}/reset", id_of(&c)),
+            &h.admin,
+            &json!({}),
+        )
+        .await
+        .expect(200)
+        .json();
+    h.get("/v1/me", &c_secret)
+        .await
+        .expect_error(401, "unauthorized");
+    h.get("/v1/me", v["secret"].as_str().unwrap())
+        .await
+        .expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_scope_is_403_forbidden() {
+    let h = Harness::start().await;
+    let (target, _) = h.create_key(json!({ "name": "target" })).await;
+    let path = format!("/v1/keys/{}", id_of(&target));
+    let (_, reader) = h
+        .create_key(json!({ "name": "r", "scopes": ["keys:read"] }))
+        .await;
+    let (_, writer) = h
+        .create_key(json!({ "name": "w", "scopes": ["keys:write"] }))
+        .await;
+    let (_, nothing) = h.create_key(json!({ "name": "n" })).await;
+
+    // keys:read may read but not write.
+    h.get("/v1/keys", &reader).await.expect(200);
+    h.get(&path, &reader).await.expect(200);
+    h.post("/v1/keys", &reader, &json!({ "name": "x" }))
+        .await
+        .expect_error(403, "forbidden");
+    h.patch(&path, &reader, &json!({ "name": "x" }))
+        .await
+        .expect_error(403, "forbidden");
+    h.put(&path, &reader, &json!({ "name": "x" }))
+        .await
+        .expect_error(403, "forbidden");
+    h.post(&format!("{path}/reset"), &reader, &json!({}))
+        .await
+        .expect_error(403, "forbidden");
+    h.delete(&path, &reader)
+        .await
+        .expect_error(403, "forbidden");
+
+    // keys:write may write but not read.
+    h.get("/v1/keys", &writer)
+        .await
+        .expect_error(403, "forbidden");
+    h.get(&path, &writer).await.expect_error(403, "forbidden");
+    h.patch(&path, &writer, &json!({ "name": "renamed" }))
+        .await
+        .expect(200);
+
+    // A key without scopes reaches nothing but /v1/me.
+    h.get("/v1/me", &nothing).await.expect(200);
+    h.get("/v1/keys", &nothing)
+        .await
+        .expect_error(403, "forbidden");
+    h.post("/v1/verify", &nothing, &json!({ "key": "x" }))
+        .await
+        .expect_error(403, "forbidden");
+
+    assert_eq!(h.get_key(&id_of(&target)).await["name"], "renamed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn me_returns_the_calling_key_and_counts_as_a_use() {
+    let h = Harness::start().await;
+    let (key, secret) = h
+        .create_key(json!({ "name": "whoami", "account": "acme", "scopes": ["keys:read"] }))
+        .await;
+    let r = h.get("/v1/me", &secret).await.expect(200);
+    r.assert_absent(&secret);
+    let me = r.json();
+    assert_key_shape(&me);
+    assert_eq!(me["id"], key["id"]);
+    assert_eq!(me["name"], "whoami");
+    assert_eq!(me["account"], "acme");
+    assert_eq!(me["created_at"], key["created_at"]);
+    // The call itself is a use; write-behind may lag, so poll.
+    let id = id_of(&key);
+    let stamp = eventually("/v1/me to show last_used_at", secs(5), async || {
+        let me = h.get("/v1/me", &secret).await.expect(200).json();
+        me["last_used_at"].as_str().map(str::to_string)
+    })
+    .await;
+    assert!(stamp.as_str() >= key["created_at"].as_str().unwrap());
+    assert_eq!(h.get_key(&id).await["id"], key["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_authenticated_call_updates_last_used_at() {
+    let h = Harness::start().await;
+    let (key, secret) = h
+        .create_key(json!({ "name": "lu", "scopes": ["keys:read"] }))
+        .await;
+    h.get("/v1/keys", &secret).await.expect(200);
+    let id = id_of(&key);
+    eventually("last_used_at after a list call", secs(5), async || {
+        h.get_key(&id).await["last_used_at"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_bootstrap_key_is_used_when_given() {
+    let h = Harness::start().await;
+    assert_eq!(
+        h.bootstrap_secret, None,
+        "a given bootstrap key is not reported as generated"
+    );
+    let me = h.get("/v1/me", &admin_key()).await.expect(200).json();
+    assert_eq!(me["scopes"], json!(["admin"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_bootstrap_key_is_generated_when_absent() {
+    let h = Harness::start_with(Config {
+        bootstrap_key: None,
+        ..Config::default()
+    })
+    .await;
+    let generated = h
+        .bootstrap_secret
+        .clone()
+        .expect("a generated admin secret");
+    assert_eq!(keyledger_core::secret::check_format(&generated), Ok(()));
+    let r = h.get("/v1/me", &generated).await.expect(200);
+    r.assert_absent(&generated);
+    assert_eq!(r.json()["scopes"], json!(["admin"]));
+    // It really is an admin: it can act in any account.
+    h.create_key_as(&generated, json!({ "name": "x", "account": "elsewhere" }))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_a_request_id() {
+    let h = Harness::start().await;
+    let a = h
+        .get("/v1/me", "nope")
+        .await
+        .expect_error(401, "unauthorized");
+    let b = h
+        .get("/v1/me", "nope")
+        .await
+        .expect_error(401, "unauthorized");
+    assert_ne!(
+        a["request_id"], b["request_id"],
+        "request ids are per request"
+    );
+}

@@ -1,0 +1,200 @@
+//! Tenant isolation: a non-admin key acts only inside its own account (other accounts' keys
+//! answer 404 as if absent) and never grants scopes it does not hold (403).
+
+use keyledger_e2e::*;
+
+/// An admin-made non-admin key in `acme` with read+write, and a key in `globex`.
+async fn tenants(h: &Harness) -> (String, Value, String) {
+    let (_, acme) = h
+        .create_key(json!({ "name": "acme ops", "account": "acme",
+                            "scopes": ["keys:read", "keys:write"] }))
+        .await;
+    let (globex_key, globex_secret) = h
+        .create_key(json!({ "name": "globex svc", "account": "globex" }))
+        .await;
+    (acme, globex_key, globex_secret)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_accounts_keys_answer_404_to_every_operation() {
+    let h = Harness::start().await;
+    let (acme, globex_key, globex_secret) = tenants(&h).await;
+    let path = format!("/v1/keys/{}", id_of(&globex_key));
+
+    h.get(&path, &acme).await.expect_error(404, "not_found");
+    h.patch(&path, &acme, &json!({ "name": "pwned" }))
+        .await
+        .expect_error(404, "not_found");
+    h.put(&path, &acme, &json!({ "name": "pwned" }))
+        .await
+        .expect_error(404, "not_found");
+    let r = h.post(&format!("{path}/reset"), &acme, &json!({})).await;
+    r.assert_absent("\"secret\"");
+    r.expect_error(404, "not_found");
+    h.delete(&path, &acme).await.expect_error(404, "not_found");
+
+    // Nothing happened to the globex key.
+    let k = h.get_key(&id_of(&globex_key)).await;
+    assert_eq!(k["version"], 1);
+    assert_eq!(k["name"], "globex svc");
+    assert_eq!(h.verify_code(&globex_secret).await, "VALID");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admin_creates_in_its_own_account_only() {
+    let h = Harness::start().await;
+    let (acme, _, _) = tenants(&h).await;
+    let (k, _) = h.create_key_as(&acme, json!({ "name": "child" })).await;
+    assert_eq!(
+        k["account"], "acme",
+        "a created key lands in the caller's account"
+    );
+    let (k, _) = h
+        .create_key_as(&acme, json!({ "name": "explicit", "account": "acme" }))
+        .await;
+    assert_eq!(k["account"], "acme");
+    h.post(
+        "/v1/keys",
+        &acme,
+        &json!({ "name": "escape", "account": "globex" }),
+    )
+    .await
+    .expect_error(403, "forbidden");
+    h.post(
+        "/v1/keys",
+        &acme,
+        &json!({ "name": "escape", "account": "default" }),
+    )
+    .await
+    .expect_error(403, "forbidden");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admin_cannot_grant_scopes_it_lacks() {
+    let h = Harness::start().await;
+    let (acme, _, _) = tenants(&h).await;
+    for scopes in [
+        json!(["admin"]),
+        json!(["keys:verify"]),
+        json!(["keys:read", "events:read"]),
+    ] {
+        h.post("/v1/keys", &acme, &json!({ "name": "x", "scopes": scopes }))
+            .await
+            .expect_error(403, "forbidden");
+    }
+    // Held scopes may be passed on.
+    let (child, _) = h
+        .create_key_as(&acme, json!({ "name": "reader", "scopes": ["keys:read"] }))
+        .await;
+    assert_eq!(child["scopes"], json!(["keys:read"]));
+
+    // Nor escalate an existing key by update.
+    let path = format!("/v1/keys/{}", id_of(&child));
+    h.patch(&path, &acme, &json!({ "scopes": ["keys:read", "admin"] }))
+        .await
+        .expect_error(403, "forbidden");
+    h.put(&path, &acme, &json!({ "scopes": ["keys:verify"] }))
+        .await
+        .expect_error(403, "forbidden");
+    assert_eq!(
+        h.get_key(&id_of(&child)).await["scopes"],
+        json!(["keys:read"])
+    );
+    h.patch(
+        &path,
+        &acme,
+        &json!({ "scopes": ["keys:read", "keys:write"] }),
+    )
+    .await
+    .expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admin_lists_only_its_own_account() {
+    let h = Harness::start().await;
+    let (acme, globex_key, _) = tenants(&h).await;
+    h.create_key_as(&acme, json!({ "name": "child" })).await;
+    let page = h.get("/v1/keys?limit=1000", &acme).await.expect(200).json();
+    let data = page["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "acme ops + child: {page}");
+    assert_eq!(page["total"], 2);
+    for k in data {
+        assert_eq!(k["account"], "acme");
+        assert_ne!(k["id"], globex_key["id"]);
+    }
+    h.get("/v1/keys?account=acme", &acme).await.expect(200);
+    h.get("/v1/keys?account=globex", &acme)
+        .await
+        .expect_error(403, "forbidden");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admin_manages_keys_of_its_own_account() {
+    let h = Harness::start().await;
+    let (acme, _, _) = tenants(&h).await;
+    let (child, child_secret) = h.create_key_as(&acme, json!({ "name": "child" })).await;
+    let path = format!("/v1/keys/{}", id_of(&child));
+    h.get(&path, &acme).await.expect(200);
+    let k = h
+        .patch(&path, &acme, &json!({ "name": "child2" }))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(k["name"], "child2");
+    let v = h
+        .post(&format!("{path}/reset"), &acme, &json!({}))
+        .await
+        .expect(200)
+        .json();
+    assert!(v["secret"].as_str().is_some_and(|s| s != child_secret));
+    h.delete(&path, &acme).await.expect(204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_acts_across_accounts() {
+    let h = Harness::start().await;
+    let (_, globex_key, _) = tenants(&h).await;
+    let path = format!("/v1/keys/{}", id_of(&globex_key));
+    h.get(&path, &h.admin).await.expect(200);
+    h.patch(&path, &h.admin, &json!({ "role": "member" }))
+        .await
+        .expect(200);
+    let page = h
+        .get("/v1/keys?account=globex", &h.admin)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(page["total"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admin_verifier_does_not_see_other_accounts_keys() {
+    // SPEC §2: "A non-admin key acts only inside its own account (another account's key
+    // answers ... as if absent)"; for verify, "absent" is NOT_FOUND.
+    let h = Harness::start().await;
+    let (_, globex_key, globex_secret) = tenants(&h).await;
+    let (_, acme_verifier) = h
+        .create_key(json!({ "name": "gate", "account": "acme", "scopes": ["keys:verify"] }))
+        .await;
+    let (_, acme_target) = h
+        .create_key(json!({ "name": "t", "account": "acme" }))
+        .await;
+    let ok = h
+        .post("/v1/verify", &acme_verifier, &json!({ "key": acme_target }))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(ok["code"], "VALID");
+    let v = h
+        .post(
+            "/v1/verify",
+            &acme_verifier,
+            &json!({ "key": globex_secret }),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(v["code"], "NOT_FOUND", "{v}");
+    assert_eq!(v["valid"], false);
+    assert_ne!(v["key_id"], globex_key["id"]);
+}

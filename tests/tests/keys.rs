@@ -1,0 +1,640 @@
+//! Key CRUD over HTTP: create, get, update (PATCH and PUT), reset, delete; field validation and
+//! the error envelope; secrets appear only in create and reset responses.
+
+use keyledger_core::secret::check_format;
+use keyledger_e2e::*;
+use reqwest::Method;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_returns_201_with_key_resource_and_one_time_secret() {
+    let h = Harness::start().await;
+    let r = h
+        .post("/v1/keys", &h.admin, &json!({ "name": "billing worker" }))
+        .await
+        .expect(201);
+    let v = r.json();
+    let key = &v["key"];
+    let secret = v["secret"].as_str().expect("secret");
+    assert_key_shape(key);
+
+    assert!(secret.starts_with("kl_"), "{secret}");
+    assert_eq!(secret.len(), 53, "kl_ + 44 random + 6 checksum: {secret}");
+    assert!(
+        secret[3..].bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{secret}"
+    );
+    assert_eq!(check_format(secret), Ok(()), "checksum of {secret}");
+
+    assert_eq!(key["name"], "billing worker");
+    assert_eq!(key["account"], "default");
+    assert_eq!(key["enabled"], true);
+    assert_eq!(key["version"], 1);
+    assert_eq!(key["scopes"], json!([]));
+    assert_eq!(key["allowed_ips"], json!([]));
+    assert_eq!(key["owner"], Value::Null);
+    assert_eq!(key["role"], Value::Null);
+    assert_eq!(key["expires_at"], Value::Null);
+    assert_eq!(key["last_used_at"], Value::Null);
+    assert_eq!(key["rotated_at"], Value::Null);
+    assert_eq!(key["metadata"], json!({}));
+    assert_eq!(
+        key["hint"],
+        format!("kl_...{}", &secret[secret.len() - 4..])
+    );
+    assert!(key["created_at"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(key["updated_at"].as_str().is_some_and(|s| !s.is_empty()));
+    // A UUID (v7) string.
+    let id = id_of(key);
+    assert_eq!(id.len(), 36, "{id}");
+    assert_eq!(&id[14..15], "7", "UUID v7: {id}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_stores_every_optional_field() {
+    let h = Harness::start().await;
+    let expires = rfc3339_in(3600);
+    let (key, _) = h
+        .create_key(json!({
+            "name": "full",
+            "account": "acme",
+            "owner": "user_42",
+            "role": "member",
+            "scopes": ["invoices:read", "invoices:write"],
+            "allowed_ips": ["10.0.0.0/8"],
+            "enabled": false,
+            "expires_at": expires,
+            "metadata": { "team": "billing", "n": 3 },
+        }))
+        .await;
+    assert_eq!(key["account"], "acme");
+    assert_eq!(key["owner"], "user_42");
+    assert_eq!(key["role"], "member");
+    assert_eq!(key["scopes"], json!(["invoices:read", "invoices:write"]));
+    assert_eq!(key["allowed_ips"], json!(["10.0.0.0/8"]));
+    assert_eq!(key["enabled"], false);
+    assert_eq!(key["expires_at"], expires);
+    assert_eq!(key["metadata"], json!({ "team": "billing", "n": 3 }));
+
+    let got = h.get_key(&id_of(&key)).await;
+    assert_eq!(got, key, "GET returns what create returned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_prefix_shapes_secret_and_hint() {
+    let h = Harness::start().await;
+    let (key, secret) = h
+        .create_key(json!({ "name": "p", "prefix": "acme1" }))
+        .await;
+    assert!(secret.starts_with("acme1_"), "{secret}");
+    assert_eq!(secret.len(), "acme1_".len() + 50);
+    assert_eq!(check_format(&secret), Ok(()));
+    assert_eq!(
+        key["hint"],
+        format!("acme1_...{}", &secret[secret.len() - 4..])
+    );
+    assert_eq!(h.verify_code(&secret).await, "VALID");
+
+    h.post(
+        "/v1/keys",
+        &h.admin,
+        &json!({ "name": "p", "prefix": "Bad!" }),
+    )
+    .await
+    .expect_invalid_field("prefix");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_ips_come_back_normalised() {
+    let h = Harness::start().await;
+    let (key, _) = h
+        .create_key(json!({
+            "name": "ips",
+            "allowed_ips": ["1.2.3.4", "10.0.0.0/8", "2001:db8::/32", "::1"],
+        }))
+        .await;
+    let mut got: Vec<String> = key["allowed_ips"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v.as_str().expect("string").to_string())
+        .collect();
+    got.sort();
+    let mut want = vec!["1.2.3.4/32", "10.0.0.0/8", "2001:db8::/32", "::1/128"];
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_is_required_and_at_most_255_characters() {
+    let h = Harness::start().await;
+    h.post("/v1/keys", &h.admin, &json!({ "name": "x".repeat(255) }))
+        .await
+        .expect(201);
+    let err = h
+        .post("/v1/keys", &h.admin, &json!({ "name": "x".repeat(256) }))
+        .await
+        .expect_invalid_field("name");
+    assert_eq!(err["message"], "name: at most 255 characters");
+    h.post("/v1/keys", &h.admin, &json!({ "name": "" }))
+        .await
+        .expect_invalid_field("name");
+    let err = h
+        .post("/v1/keys", &h.admin, &json!({ "scopes": [] }))
+        .await
+        .expect_error(400, "validation_failed");
+    assert!(err["message"].as_str().unwrap().contains("name"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_are_rejected_naming_the_field() {
+    let h = Harness::start().await;
+    let err = h
+        .post(
+            "/v1/keys",
+            &h.admin,
+            &json!({ "name": "a", "colour": "red" }),
+        )
+        .await
+        .expect_error(400, "validation_failed");
+    assert!(err["message"].as_str().unwrap().contains("colour"), "{err}");
+
+    let (key, _) = h.create_key(json!({ "name": "a" })).await;
+    let err = h
+        .patch(
+            &format!("/v1/keys/{}", id_of(&key)),
+            &h.admin,
+            &json!({ "flavour": 1 }),
+        )
+        .await
+        .expect_error(400, "validation_failed");
+    assert!(
+        err["message"].as_str().unwrap().contains("flavour"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_types_name_the_field_path() {
+    let h = Harness::start().await;
+    let err = h
+        .post("/v1/keys", &h.admin, &json!({ "name": 5 }))
+        .await
+        .expect_error(400, "validation_failed");
+    assert!(err["message"].as_str().unwrap().contains("name"), "{err}");
+
+    let err = h
+        .post(
+            "/v1/keys",
+            &h.admin,
+            &json!({ "name": "a", "scopes": ["ok", 5] }),
+        )
+        .await
+        .expect_error(400, "validation_failed");
+    assert!(err["message"].as_str().unwrap().contains("scopes"), "{err}");
+
+    let err = h
+        .post(
+            "/v1/keys",
+            &h.admin,
+            &json!({ "name": "a", "enabled": "yes" }),
+        )
+        .await
+        .expect_error(400, "validation_failed");
+    assert!(
+        err["message"].as_str().unwrap().contains("enabled"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_rules_are_enforced_with_the_field_named() {
+    let h = Harness::start().await;
+    let cases = [
+        (json!({ "name": "a", "account": "bad account!" }), "account"),
+        (
+            json!({ "name": "a", "allowed_ips": ["not-an-ip"] }),
+            "allowed_ips",
+        ),
+        (
+            json!({ "name": "a", "expires_at": rfc3339_in(-60) }),
+            "expires_at",
+        ),
+        (
+            json!({ "name": "a", "expires_at": "tomorrow" }),
+            "expires_at",
+        ),
+        (json!({ "name": "a", "metadata": [1, 2] }), "metadata"),
+        (
+            json!({ "name": "a", "metadata": { "blob": "x".repeat(9 * 1024) } }),
+            "metadata",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = h.post("/v1/keys", &h.admin, &body).await;
+        let err = r.expect_error(400, "validation_failed");
+        assert!(
+            err["message"].as_str().unwrap().contains(field),
+            "{field} not named for {body}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_is_400_invalid_json() {
+    let h = Harness::start().await;
+    let r = h
+        .request(Method::POST, "/v1/keys")
+        .bearer_auth(&h.admin)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_json", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_json_content_type_is_415() {
+    let h = Harness::start().await;
+    let r = h
+        .request(Method::POST, "/v1/keys")
+        .bearer_auth(&h.admin)
+        .header("content-type", "text/plain")
+        .body("{\"name\": \"a\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unsupported_media_type", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_64_kib_is_413() {
+    let h = Harness::start().await;
+    let body = json!({ "name": "a", "metadata": { "blob": "x".repeat(70 * 1024) } });
+    h.post("/v1/keys", &h.admin, &body)
+        .await
+        .expect_error(413, "payload_too_large");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_returns_key_with_quoted_version_etag() {
+    let h = Harness::start().await;
+    let (key, secret) = h.create_key(json!({ "name": "e" })).await;
+    let r = h
+        .get(&format!("/v1/keys/{}", id_of(&key)), &h.admin)
+        .await
+        .expect(200);
+    assert_eq!(r.header("etag").as_deref(), Some("\"1\""));
+    r.assert_absent(&secret);
+    assert_key_shape(&r.json());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_unknown_key_is_404_not_found() {
+    let h = Harness::start().await;
+    h.get("/v1/keys/01900000-0000-7000-8000-000000000000", &h.admin)
+        .await
+        .expect_error(404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_updates_fields_and_bumps_version() {
+    let h = Harness::start().await;
+    let (key, _) = h
+        .create_key(json!({ "name": "old", "role": "member" }))
+        .await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+    let updated = h
+        .patch(
+            &path,
+            &h.admin,
+            &json!({
+                "name": "new",
+                "owner": "u1",
+                "role": "owner",
+                "scopes": ["a:b"],
+                "allowed_ips": ["192.168.0.0/16"],
+                "enabled": false,
+                "metadata": { "k": "v" },
+            }),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_key_shape(&updated);
+    assert_eq!(updated["name"], "new");
+    assert_eq!(updated["owner"], "u1");
+    assert_eq!(updated["role"], "owner");
+    assert_eq!(updated["scopes"], json!(["a:b"]));
+    assert_eq!(updated["allowed_ips"], json!(["192.168.0.0/16"]));
+    assert_eq!(updated["enabled"], false);
+    assert_eq!(updated["metadata"], json!({ "k": "v" }));
+    assert_eq!(updated["version"], 2);
+    assert_eq!(updated["created_at"], key["created_at"]);
+    assert!(updated["updated_at"].as_str() >= key["updated_at"].as_str());
+
+    let r = h.get(&path, &h.admin).await.expect(200);
+    assert_eq!(r.header("etag").as_deref(), Some("\"2\""));
+    assert_eq!(r.json(), updated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_is_a_partial_update_too() {
+    let h = Harness::start().await;
+    let (key, _) = h
+        .create_key(json!({ "name": "old", "role": "member", "owner": "o" }))
+        .await;
+    let updated = h
+        .put(
+            &format!("/v1/keys/{}", id_of(&key)),
+            &h.admin,
+            &json!({ "name": "renamed" }),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(updated["name"], "renamed");
+    assert_eq!(updated["role"], "member", "untouched fields stay");
+    assert_eq!(updated["owner"], "o");
+    assert_eq!(updated["version"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_clears_owner_role_and_expires_at() {
+    let h = Harness::start().await;
+    let (key, _) = h
+        .create_key(json!({
+            "name": "n", "owner": "o", "role": "r", "expires_at": rfc3339_in(3600),
+        }))
+        .await;
+    let updated = h
+        .patch(
+            &format!("/v1/keys/{}", id_of(&key)),
+            &h.admin,
+            &json!({ "owner": null, "role": null, "expires_at": null }),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(updated["owner"], Value::Null);
+    assert_eq!(updated["role"], Value::Null);
+    assert_eq!(updated["expires_at"], Value::Null);
+    assert_eq!(updated["name"], "n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_that_changes_nothing_keeps_the_version() {
+    let h = Harness::start().await;
+    let (key, _) = h.create_key(json!({ "name": "same", "role": "r" })).await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+    let same = h
+        .patch(&path, &h.admin, &json!({ "name": "same", "role": "r" }))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(same["version"], 1);
+    let empty = h
+        .patch(&path, &h.admin, &json!({}))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(empty["version"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_match_guards_updates() {
+    let h = Harness::start().await;
+    let (key, _) = h.create_key(json!({ "name": "v1" })).await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+
+    let r = h
+        .request(Method::PATCH, &path)
+        .bearer_auth(&h.admin)
+        .header("if-match", "\"1\"")
+        .json(&json!({ "name": "v2" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // Stale version.
+    let r = h
+        .request(Method::PATCH, &path)
+        .bearer_auth(&h.admin)
+        .header("if-match", "\"1\"")
+        .json(&json!({ "name": "v3" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 412);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "precondition_failed", "{v}");
+    assert_eq!(
+        h.get_key(&id_of(&key)).await["name"],
+        "v2",
+        "rejected write not applied"
+    );
+
+    // PUT honours If-Match as well.
+    let r = h
+        .request(Method::PUT, &path)
+        .bearer_auth(&h.admin)
+        .header("if-match", "\"7\"")
+        .json(&json!({ "name": "v3" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 412);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_validates_fields() {
+    let h = Harness::start().await;
+    let (key, _) = h.create_key(json!({ "name": "ok" })).await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+    h.patch(&path, &h.admin, &json!({ "name": "y".repeat(256) }))
+        .await
+        .expect_invalid_field("name");
+    h.patch(&path, &h.admin, &json!({ "expires_at": rfc3339_in(-10) }))
+        .await
+        .expect_invalid_field("expires_at");
+    h.patch(&path, &h.admin, &json!({ "allowed_ips": ["300.1.1.1"] }))
+        .await
+        .expect_invalid_field("allowed_ips");
+    assert_eq!(h.get_key(&id_of(&key)).await["version"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_of_unknown_key_is_404() {
+    let h = Harness::start().await;
+    h.patch(
+        "/v1/keys/01900000-0000-7000-8000-000000000000",
+        &h.admin,
+        &json!({ "name": "x" }),
+    )
+    .await
+    .expect_error(404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_rotates_the_secret() {
+    let h = Harness::start().await;
+    let (key, old) = h.create_key(json!({ "name": "rot" })).await;
+    let id = id_of(&key);
+    let v = h
+        .post(&format!("/v1/keys/{id}/reset"), &h.admin, &json!({}))
+        .await
+        .expect(200)
+        .json();
+    let new = v["secret"].as_str().expect("reset returns the new secret");
+    assert_ne!(new, old);
+    assert_eq!(check_format(new), Ok(()));
+    let k = &v["key"];
+    assert_key_shape(k);
+    assert_eq!(k["id"], id.as_str());
+    assert_eq!(k["hint"], format!("kl_...{}", &new[new.len() - 4..]));
+    assert!(k["rotated_at"].is_string(), "rotated_at set: {k}");
+    assert_eq!(k["version"], 2);
+    assert_eq!(h.get_key(&id).await, *k);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_accepts_an_empty_body() {
+    let h = Harness::start().await;
+    let (key, old) = h.create_key(json!({ "name": "rot" })).await;
+    let r = h
+        .request(Method::POST, &format!("/v1/keys/{}/reset", id_of(&key)))
+        .bearer_auth(&h.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["secret"].as_str().is_some_and(|s| s != old), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_grace_seconds_must_be_within_a_week() {
+    let h = Harness::start().await;
+    let (key, _) = h.create_key(json!({ "name": "rot" })).await;
+    let path = format!("/v1/keys/{}/reset", id_of(&key));
+    for bad in [json!(604_801), json!(-1), json!("soon")] {
+        let err = h
+            .post(&path, &h.admin, &json!({ "grace_seconds": bad }))
+            .await
+            .expect_error(400, "validation_failed");
+        assert!(
+            err["message"].as_str().unwrap().contains("grace_seconds"),
+            "{err}"
+        );
+    }
+    h.post(&path, &h.admin, &json!({ "grace_seconds": 604_800 }))
+        .await
+        .expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_of_unknown_key_is_404() {
+    let h = Harness::start().await;
+    h.post(
+        "/v1/keys/01900000-0000-7000-8000-000000000000/reset",
+        &h.admin,
+        &json!({}),
+    )
+    .await
+    .expect_error(404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_revokes_and_later_writes_conflict() {
+    let h = Harness::start().await;
+    let (key, secret) = h.create_key(json!({ "name": "doomed" })).await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+
+    let r = h.delete(&path, &h.admin).await.expect(204);
+    assert!(r.body.is_empty(), "204 has no body: {}", r.body);
+
+    h.get(&path, &h.admin).await.expect_error(404, "not_found");
+    h.delete(&path, &h.admin)
+        .await
+        .expect_error(409, "conflict");
+    h.patch(&path, &h.admin, &json!({ "name": "zombie" }))
+        .await
+        .expect_error(409, "conflict");
+    h.put(&path, &h.admin, &json!({ "name": "zombie" }))
+        .await
+        .expect_error(409, "conflict");
+    let r = h.post(&format!("{path}/reset"), &h.admin, &json!({})).await;
+    r.assert_absent("kl_");
+    r.expect_error(409, "conflict");
+    assert_eq!(h.verify_code(&secret).await, "REVOKED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_of_unknown_key_is_404() {
+    let h = Harness::start().await;
+    h.delete("/v1/keys/01900000-0000-7000-8000-000000000000", &h.admin)
+        .await
+        .expect_error(404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_appears_only_in_create_and_reset_responses() {
+    let h = Harness::start().await;
+    let (key, secret) = h
+        .create_key(json!({ "name": "leaky?", "scopes": ["keys:read", "keys:write"] }))
+        .await;
+    let id = id_of(&key);
+    let path = format!("/v1/keys/{id}");
+
+    h.get(&path, &h.admin)
+        .await
+        .expect(200)
+        .assert_absent(&secret);
+    h.get("/v1/keys", &h.admin)
+        .await
+        .expect(200)
+        .assert_absent(&secret);
+    h.get("/v1/me", &secret)
+        .await
+        .expect(200)
+        .assert_absent(&secret);
+    h.patch(&path, &h.admin, &json!({ "name": "still fine" }))
+        .await
+        .expect(200)
+        .assert_absent(&secret);
+    // Error bodies never echo the secret, neither the caller's nor a submitted one.
+    let r = h
+        .post("/v1/verify", &secret, &json!({ "key": secret }))
+        .await;
+    assert_eq!(r.status, 403, "the key lacks keys:verify: {}", r.body);
+    r.assert_absent(&secret);
+    let r = h.patch(&path, &h.admin, &json!({ "bogus": secret })).await;
+    assert_eq!(r.status, 400);
+    r.assert_absent(&secret);
+
+    let reset = h
+        .post(
+            &format!("{path}/reset"),
+            &h.admin,
+            &json!({ "grace_seconds": 60 }),
+        )
+        .await
+        .expect(200)
+        .json();
+    let new = reset["secret"].as_str().unwrap().to_string();
+    for p in [path.as_str(), "/v1/keys"] {
+        let r = h.get(p, &h.admin).await.expect(200);
+        r.assert_absent(&secret);
+        r.assert_absent(&new);
+    }
+    // The hash must not leak either, in any usual form.
+    let listed = h.get("/v1/keys", &h.admin).await.json();
+    for k in listed["data"].as_array().unwrap() {
+        assert_key_shape(k);
+    }
+}

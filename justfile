@@ -1,0 +1,22 @@
+# Developer recipes. `just ci` runs exactly what CI runs.
+
+default:
+    @just --list
+
+# Run the service on the embedded default (./data, 127.0.0.1:8080).
+run:
+    cargo run --release -- serve
+
+# All tests (the README's test command).
+test:
+    cargo test --workspace
+
+# What CI runs: fmt, clippy, tests.
+ci:
+    bash .ci/run
+
+fmt:
+    cargo fmt --all
+
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings

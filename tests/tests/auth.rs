@@ -293,3 +293,12 @@ async fn errors_carry_a_request_id() {
         "request ids are per request"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bootstrap_key_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = keyledger::ServeOptions::new(dir.path());
+    opts.bootstrap_key = Some("kl_not-a-real-key".into());
+    let err = keyledger::start(opts).await.err().expect("start must fail");
+    assert!(!err.to_string().contains("kl_not-a-real-key"), "{err:#}");
+}

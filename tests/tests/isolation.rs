@@ -198,3 +198,44 @@ async fn non_admin_verifier_does_not_see_other_accounts_keys() {
     assert_eq!(v["valid"], false);
     assert_ne!(v["key_id"], globex_key["id"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admin_may_rename_a_key_holding_scopes_it_lacks() {
+    // Not a grant: the scopes stay as they are.
+    let h = Harness::start().await;
+    let (acme, _, _) = tenants(&h).await;
+    let (gate, _) = h
+        .create_key(json!({ "name": "gate", "account": "acme", "scopes": ["keys:verify"] }))
+        .await;
+    let k = h
+        .patch(
+            &format!("/v1/keys/{}", id_of(&gate)),
+            &acme,
+            &json!({ "name": "gate 2" }),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(k["scopes"], json!(["keys:verify"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admin_cannot_obtain_a_more_privileged_secret_by_reset() {
+    // SPEC §2: a non-admin key "can never grant scopes it does not hold itself (403)".
+    // Resetting a key returns its new secret, so resetting a key with scopes the caller lacks
+    // (here: the admin key, in the same account) would hand those scopes to the caller.
+    let h = Harness::start().await;
+    let (_, ops) = h
+        .create_key(json!({ "name": "default ops", "scopes": ["keys:read", "keys:write"] }))
+        .await;
+    let admin_id = h.get("/v1/me", &h.admin).await.expect(200).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = h
+        .post(&format!("/v1/keys/{admin_id}/reset"), &ops, &json!({}))
+        .await;
+    r.assert_absent("\"secret\"");
+    r.expect_error(403, "forbidden");
+    h.get("/v1/me", &h.admin).await.expect(200);
+}

@@ -135,6 +135,10 @@ async fn name_is_required_and_at_most_255_characters() {
         .await
         .expect_invalid_field("name");
     assert_eq!(err["message"], "name: at most 255 characters");
+    // Characters, not bytes: 255 two-byte characters are fine.
+    h.post("/v1/keys", &h.admin, &json!({ "name": "é".repeat(255) }))
+        .await
+        .expect(201);
     h.post("/v1/keys", &h.admin, &json!({ "name": "" }))
         .await
         .expect_invalid_field("name");
@@ -637,4 +641,130 @@ async fn secret_appears_only_in_create_and_reset_responses() {
     for k in listed["data"].as_array().unwrap() {
         assert_key_shape(k);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_and_prefix_cannot_be_changed_by_update() {
+    let h = Harness::start().await;
+    let (key, _) = h
+        .create_key(json!({ "name": "fixed", "account": "acme" }))
+        .await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+    for (body, field) in [
+        (json!({ "account": "globex" }), "account"),
+        (json!({ "prefix": "zz" }), "prefix"),
+        (json!({ "secret": well_formed_key(3) }), "secret"),
+    ] {
+        let err = h
+            .patch(&path, &h.admin, &body)
+            .await
+            .expect_error(400, "validation_failed");
+        assert!(err["message"].as_str().unwrap().contains(field), "{err}");
+    }
+    assert_eq!(h.get_key(&id_of(&key)).await["account"], "acme");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_content_type_with_charset_is_accepted() {
+    let h = Harness::start().await;
+    let r = h
+        .request(Method::POST, "/v1/keys")
+        .bearer_auth(&h.admin)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(r#"{"name": "charset"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_all_land_with_distinct_ids_and_secrets() {
+    let h = std::sync::Arc::new(Harness::start().await);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            h.create_key(json!({ "name": format!("c{i}"), "account": "conc" }))
+                .await
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut secrets = std::collections::HashSet::new();
+    for t in tasks {
+        let (k, s) = t.await.unwrap();
+        assert_eq!(k["version"], 1);
+        ids.insert(id_of(&k));
+        secrets.insert(s);
+    }
+    assert_eq!(ids.len(), 40);
+    assert_eq!(secrets.len(), 40);
+    let page = h
+        .get("/v1/keys?account=conc&limit=1000", &h.admin)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(page["total"], 40);
+    for s in &secrets {
+        assert_eq!(h.verify_code(s).await, "VALID");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_with_the_same_if_match_let_exactly_one_win() {
+    let h = std::sync::Arc::new(Harness::start().await);
+    let (key, _) = h.create_key(json!({ "name": "race" })).await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let h = h.clone();
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = h
+                .request(Method::PATCH, &path)
+                .bearer_auth(&h.admin)
+                .header("if-match", "\"1\"")
+                .json(&json!({ "name": format!("writer {i}") }))
+                .send()
+                .await
+                .unwrap();
+            (i, r.status().as_u16())
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (i, status) = t.await.unwrap();
+        match status {
+            200 => winners.push(i),
+            412 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let k = h.get_key(&id_of(&key)).await;
+    assert_eq!(k["version"], 2);
+    assert_eq!(k["name"], format!("writer {}", winners[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_without_if_match_are_all_applied() {
+    let h = std::sync::Arc::new(Harness::start().await);
+    let (key, _) = h.create_key(json!({ "name": "many" })).await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let h = h.clone();
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            h.patch(&path, &h.admin, &json!({ "metadata": { "i": i } }))
+                .await
+                .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let k = h.get_key(&id_of(&key)).await;
+    // Every write changes metadata relative to whichever write preceded it.
+    assert_eq!(k["version"], 21, "one event per distinct update: {k}");
 }

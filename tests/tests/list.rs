@@ -357,3 +357,89 @@ async fn list_needs_keys_read() {
         .await;
     h.get("/v1/keys", &reader).await.expect(200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_filter_or_cursor_values_are_400() {
+    let h = Harness::start().await;
+    for (q, field) in [
+        ("enabled=maybe", "enabled"),
+        ("cursor=garbage", "cursor"),
+        ("offset=-3", "offset"),
+    ] {
+        let err = h
+            .get(&format!("/v1/keys?{q}"), &h.admin)
+            .await
+            .expect_error(400, "validation_failed");
+        assert!(
+            err["message"].as_str().unwrap().contains(field),
+            "{q}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_survives_deleting_the_last_key_of_a_page() {
+    let h = Harness::start().await;
+    seed(&h, "del", &["a", "b", "c", "d", "e", "f"]).await;
+    let q = "account=del&sort=name&order=asc&limit=2";
+    let p1 = list(&h, q).await;
+    assert_eq!(names(&p1), ["a", "b"]);
+    // Delete the key the cursor was taken at, and one not yet seen.
+    let b = ids(&p1)[1].clone();
+    h.delete(&format!("/v1/keys/{b}"), &h.admin)
+        .await
+        .expect(204);
+    let all = list(&h, "account=del&sort=name&order=asc").await;
+    let d = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "d")
+        .map(id_of)
+        .unwrap();
+    h.delete(&format!("/v1/keys/{d}"), &h.admin)
+        .await
+        .expect(204);
+
+    let mut seen = names(&p1);
+    let mut cursor = p1["next_cursor"].as_str().expect("a next page").to_string();
+    for _ in 0..10 {
+        let url = reqwest::Url::parse_with_params(
+            &h.url(&format!("/v1/keys?{q}")),
+            &[("cursor", &cursor)],
+        )
+        .unwrap();
+        let page = list(&h, url.query().unwrap()).await;
+        seen.extend(names(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["a", "b", "c", "e", "f"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_walk_sees_keys_created_meanwhile_at_the_end_once() {
+    let h = Harness::start().await;
+    let mut created = seed(&h, "grow", &["k0", "k1", "k2", "k3"]).await;
+    let q = "account=grow&sort=created_at&order=asc&limit=2";
+    let p1 = list(&h, q).await;
+    created.extend(seed(&h, "grow", &["k4"]).await);
+    let mut seen = ids(&p1);
+    let mut cursor = p1["next_cursor"].as_str().expect("a next page").to_string();
+    for _ in 0..10 {
+        let url = reqwest::Url::parse_with_params(
+            &h.url(&format!("/v1/keys?{q}")),
+            &[("cursor", &cursor)],
+        )
+        .unwrap();
+        let page = list(&h, url.query().unwrap()).await;
+        seen.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, created);
+}

@@ -7,16 +7,26 @@ use keyledger_e2e::*;
 async fn keys_and_their_history_survive_a_restart() {
     let mut h = Harness::start().await;
     let (plain, plain_secret) = h
-        .create_key(json!({ "name": "plain", "account": "acme", "scopes": ["x:y"],
-                            "allowed_ips": ["10.0.0.0/8"], "metadata": { "a": 1 } }))
+        .create_key(
+            json!({ "name": "plain", "account": "acme", "scopes": ["x:y"],
+                            "allowed_ips": ["10.0.0.0/8"], "metadata": { "a": 1 } }),
+        )
         .await;
     let (updated, updated_secret) = h.create_key(json!({ "name": "before" })).await;
-    h.patch(&format!("/v1/keys/{}", id_of(&updated)), &h.admin, &json!({ "name": "after" }))
-        .await
-        .expect(200);
+    h.patch(
+        &format!("/v1/keys/{}", id_of(&updated)),
+        &h.admin,
+        &json!({ "name": "after" }),
+    )
+    .await
+    .expect(200);
     let (rotated, _) = h.create_key(json!({ "name": "rotated" })).await;
     let v = h
-        .post(&format!("/v1/keys/{}/reset", id_of(&rotated)), &h.admin, &json!({}))
+        .post(
+            &format!("/v1/keys/{}/reset", id_of(&rotated)),
+            &h.admin,
+            &json!({}),
+        )
         .await
         .expect(200)
         .json();
@@ -33,7 +43,10 @@ async fn keys_and_their_history_survive_a_restart() {
         }
         v
     };
-    let list_before = h.get("/v1/keys?sort=created_at&limit=1000", &h.admin).await.json();
+    let list_before = h
+        .get("/v1/keys?sort=created_at&limit=1000", &h.admin)
+        .await
+        .json();
 
     h.restart().await;
 
@@ -44,13 +57,23 @@ async fn keys_and_their_history_survive_a_restart() {
     }
     assert_eq!(before[1]["version"], 2);
     assert_eq!(before[2]["version"], 2);
-    let r = h.get(&format!("/v1/keys/{}", id_of(&deleted)), &h.admin).await;
+    let r = h
+        .get(&format!("/v1/keys/{}", id_of(&deleted)), &h.admin)
+        .await;
     r.expect_error(404, "not_found");
 
-    let list_after = h.get("/v1/keys?sort=created_at&limit=1000", &h.admin).await.json();
+    let list_after = h
+        .get("/v1/keys?sort=created_at&limit=1000", &h.admin)
+        .await
+        .json();
     assert_eq!(list_after["total"], list_before["total"]);
     let ids = |v: &Value| -> Vec<Value> {
-        v["data"].as_array().unwrap().iter().map(|k| k["id"].clone()).collect()
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["id"].clone())
+            .collect()
     };
     assert_eq!(ids(&list_after), ids(&list_before));
 
@@ -74,7 +97,11 @@ async fn writes_continue_after_a_restart() {
     let id = id_of(&k);
     h.restart().await;
     let k = h
-        .patch(&format!("/v1/keys/{id}"), &h.admin, &json!({ "name": "v2" }))
+        .patch(
+            &format!("/v1/keys/{id}"),
+            &h.admin,
+            &json!({ "name": "v2" }),
+        )
         .await
         .expect(200)
         .json();
@@ -82,7 +109,10 @@ async fn writes_continue_after_a_restart() {
     let (_, fresh) = h.create_key(json!({ "name": "after restart" })).await;
     h.restart().await;
     let k = h.get_key(&id).await;
-    assert_eq!((k["name"].as_str(), k["version"].as_u64()), (Some("v2"), Some(2)));
+    assert_eq!(
+        (k["name"].as_str(), k["version"].as_u64()),
+        (Some("v2"), Some(2))
+    );
     assert_eq!(h.verify_code(&fresh).await, "VALID");
 }
 
@@ -93,7 +123,9 @@ async fn last_used_at_is_persisted_by_shutdown() {
     let id = id_of(&key);
     assert_eq!(h.verify_code(&secret).await, "VALID");
     let seen = eventually("last_used_at after verify", secs(5), async || {
-        h.get_key(&id).await["last_used_at"].as_str().map(str::to_string)
+        h.get_key(&id).await["last_used_at"]
+            .as_str()
+            .map(str::to_string)
     })
     .await;
     h.restart().await;
@@ -105,7 +137,9 @@ async fn last_used_at_is_persisted_by_shutdown() {
 async fn last_used_at_of_a_use_right_before_shutdown_survives() {
     // The use is flushed by the graceful shutdown, without waiting for write-behind.
     let mut h = Harness::start().await;
-    let (key, secret) = h.create_key(json!({ "name": "late", "scopes": ["keys:read"] })).await;
+    let (key, secret) = h
+        .create_key(json!({ "name": "late", "scopes": ["keys:read"] }))
+        .await;
     h.get("/v1/me", &secret).await.expect(200);
     h.restart().await;
     let after = h.get_key(&id_of(&key)).await;
@@ -128,7 +162,10 @@ async fn grace_period_survives_a_restart() {
     let new = v["secret"].as_str().unwrap().to_string();
     h.restart().await;
     let o = h.verify(&old).await;
-    assert_eq!((o["code"].as_str(), o["rotating"].as_bool()), (Some("VALID"), Some(true)));
+    assert_eq!(
+        (o["code"].as_str(), o["rotating"].as_bool()),
+        (Some("VALID"), Some(true))
+    );
     assert_eq!(h.verify_code(&new).await, "VALID");
 }
 
@@ -139,13 +176,23 @@ async fn generated_bootstrap_key_is_made_once_and_survives() {
         ..Config::default()
     })
     .await;
-    let generated = h.bootstrap_secret.clone().expect("generated on first start");
+    let generated = h
+        .bootstrap_secret
+        .clone()
+        .expect("generated on first start");
     h.restart().await;
-    assert_eq!(h.bootstrap_secret, None, "not generated again on a non-empty log");
+    assert_eq!(
+        h.bootstrap_secret, None,
+        "not generated again on a non-empty log"
+    );
     let me = h.get("/v1/me", &generated).await.expect(200).json();
     assert_eq!(me["scopes"], json!(["admin"]));
     // Only one admin key exists.
-    let page = h.get("/v1/keys?scope=admin", &generated).await.expect(200).json();
+    let page = h
+        .get("/v1/keys?scope=admin", &generated)
+        .await
+        .expect(200)
+        .json();
     assert_eq!(page["total"], 1, "{page}");
 }
 
@@ -155,6 +202,10 @@ async fn given_bootstrap_key_is_not_duplicated_by_restart() {
     h.restart().await;
     h.restart().await;
     assert_eq!(h.bootstrap_secret, None);
-    let page = h.get("/v1/keys?scope=admin", &h.admin).await.expect(200).json();
+    let page = h
+        .get("/v1/keys?scope=admin", &h.admin)
+        .await
+        .expect(200)
+        .json();
     assert_eq!(page["total"], 1, "{page}");
 }

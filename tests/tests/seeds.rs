@@ -36,9 +36,14 @@ async fn seed_000_who_am_i_by_apikey_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_000_invalid_apikey_is_401() {
     let h = Harness::start().await;
-    h.send_auth(Method::GET, "/v1/me", Auth::ApiKeyHeader("abcdef1234567890"), None)
-        .await
-        .expect_error(401, "unauthorized");
+    h.send_auth(
+        Method::GET,
+        "/v1/me",
+        Auth::ApiKeyHeader("abcdef1234567890"),
+        None,
+    )
+    .await
+    .expect_error(401, "unauthorized");
 }
 
 // ---- 001: JSON:API settings API: list, get, create (name <= 255, secret once), delete ----------
@@ -53,7 +58,10 @@ async fn seed_001_list_get_create_delete() {
         .expect_invalid_field("name");
 
     // List: never the secret; last_used_at is null ("Never") until used.
-    let r = h.get("/v1/keys?account=default", &h.admin).await.expect(200);
+    let r = h
+        .get("/v1/keys?account=default", &h.admin)
+        .await
+        .expect(200);
     r.assert_absent(&secret);
     let page = r.json();
     let listed = page["data"]
@@ -68,14 +76,29 @@ async fn seed_001_list_get_create_delete() {
     assert!(listed["created_at"].is_string() && listed["updated_at"].is_string());
 
     // Get one: no secret either (seed 001's "get" returns it; keyledger does not).
-    let r = h.get(&format!("/v1/keys/{}", id_of(&key)), &h.admin).await.expect(200);
+    let r = h
+        .get(&format!("/v1/keys/{}", id_of(&key)), &h.admin)
+        .await
+        .expect(200);
     r.assert_absent(&secret);
     assert_eq!(r.json()["name"], "Mobile app");
 
     // Delete.
-    h.delete(&format!("/v1/keys/{}", id_of(&key)), &h.admin).await.expect(204);
-    let page = h.get("/v1/keys?account=default", &h.admin).await.expect(200).json();
-    assert!(page["data"].as_array().unwrap().iter().all(|k| k["id"] != key["id"]));
+    h.delete(&format!("/v1/keys/{}", id_of(&key)), &h.admin)
+        .await
+        .expect(204);
+    let page = h
+        .get("/v1/keys?account=default", &h.admin)
+        .await
+        .expect(200)
+        .json();
+    assert!(
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["id"] != key["id"])
+    );
     assert_eq!(h.verify_code(&secret).await, "REVOKED");
 }
 
@@ -93,7 +116,12 @@ async fn seed_002_full_lifecycle_with_query_key_opt_in() {
 
     // Create with name and role.
     let v = h
-        .send_auth(Method::POST, "/v1/keys", q, Some(&json!({ "name": "Key 1", "role": "Owner" })))
+        .send_auth(
+            Method::POST,
+            "/v1/keys",
+            q,
+            Some(&json!({ "name": "Key 1", "role": "Owner" })),
+        )
         .await
         .expect(201)
         .json();
@@ -101,7 +129,9 @@ async fn seed_002_full_lifecycle_with_query_key_opt_in() {
     let s1 = v["secret"].as_str().unwrap().to_string();
     assert_eq!(k1["role"], "Owner");
     assert_eq!(k1["enabled"], true);
-    let (k2, _) = h.create_key(json!({ "name": "Key 2", "role": "Owner" })).await;
+    let (k2, _) = h
+        .create_key(json!({ "name": "Key 2", "role": "Owner" }))
+        .await;
     let p1 = format!("/v1/keys/{}", id_of(&k1));
 
     // Reset by id (POST, not GET), returning the new secret.
@@ -163,14 +193,18 @@ async fn seed_002_full_lifecycle_with_query_key_opt_in() {
 
     // Delete.
     h.send_auth(Method::DELETE, &p1, q, None).await.expect(204);
-    h.send_auth(Method::GET, &p1, q, None).await.expect_error(404, "not_found");
+    h.send_auth(Method::GET, &p1, q, None)
+        .await
+        .expect_error(404, "not_found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_002_mistake_reset_by_get_does_not_rotate() {
     let h = Harness::start().await;
     let (key, secret) = h.create_key(json!({ "name": "k" })).await;
-    let r = h.get(&format!("/v1/keys/{}/reset", id_of(&key)), &h.admin).await;
+    let r = h
+        .get(&format!("/v1/keys/{}/reset", id_of(&key)), &h.admin)
+        .await;
     assert!(
         r.status == 404 || r.status == 405,
         "GET reset must not be a route: {} {}",
@@ -221,7 +255,9 @@ async fn seed_003_create_get_update_delete_with_ip_allow_list_and_permissions() 
         .verify_body(&json!({ "key": secret, "ip": "123.123.123.123", "scopes": ["mail:send"] }))
         .await;
     assert_eq!(ok["code"], "VALID");
-    let v = h.verify_body(&json!({ "key": secret, "ip": "1.1.1.1" })).await;
+    let v = h
+        .verify_body(&json!({ "key": secret, "ip": "1.1.1.1" }))
+        .await;
     assert_eq!(v["code"], "FORBIDDEN_IP");
 
     // Update allowedIp, name, permissions and permission type (role).
@@ -258,7 +294,12 @@ async fn seed_003_list_with_paging_search_sort_and_filters() {
     let h = Harness::start().await;
     for (name, acct, role, scopes) in [
         ("Newsletter", "sub1", "full", json!(["mail:send"])),
-        ("news digest", "sub1", "restricted", json!(["mail:read"])),
+        (
+            "newsroom digest",
+            "sub1",
+            "restricted",
+            json!(["mail:read"]),
+        ),
         ("Billing", "sub1", "full", json!(["mail:send"])),
         ("News other tenant", "sub2", "full", json!(["mail:send"])),
     ] {
@@ -267,13 +308,16 @@ async fn seed_003_list_with_paging_search_sort_and_filters() {
     }
     // page=2,size=1 is offset=1,limit=1 here; search is case-insensitive.
     let page = h
-        .get("/v1/keys?account=sub1&search=news&sort=name&order=asc&limit=1&offset=1", &h.admin)
+        .get(
+            "/v1/keys?account=sub1&search=news&sort=name&order=asc&limit=1&offset=1",
+            &h.admin,
+        )
         .await
         .expect(200)
         .json();
     assert_eq!(page["total"], 2);
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
-    assert_eq!(page["data"][0]["name"], "news digest");
+    assert_eq!(page["data"][0]["name"], "newsroom digest");
 
     // Filter by sub-account and permission type.
     let page = h
@@ -288,16 +332,25 @@ async fn seed_003_list_with_paging_search_sort_and_filters() {
         .expect(200)
         .json();
     assert_eq!(page["total"], 1);
-    assert_eq!(page["data"][0]["name"], "news digest");
+    assert_eq!(page["data"][0]["name"], "newsroom digest");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_003_errors_are_400_and_401_with_an_envelope() {
     let h = Harness::start().await;
     let err = h
-        .post("/v1/keys", &h.admin, &json!({ "name": "x", "allowed_ips": ["123.123.123.123,"] }))
+        .post(
+            "/v1/keys",
+            &h.admin,
+            &json!({ "name": "x", "allowed_ips": ["123.123.123.123,"] }),
+        )
         .await
         .expect_error(400, "validation_failed");
-    assert!(err["message"].as_str().unwrap().starts_with("allowed_ips"), "{err}");
-    h.get("/v1/keys", "wrong").await.expect_error(401, "unauthorized");
+    assert!(
+        err["message"].as_str().unwrap().starts_with("allowed_ips"),
+        "{err}"
+    );
+    h.get("/v1/keys", "wrong")
+        .await
+        .expect_error(401, "unauthorized");
 }

@@ -359,6 +359,27 @@ async fn second_reset_ends_the_first_grace_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_secret_is_not_revived_by_a_later_grace_rotation() {
+    let h = Harness::start().await;
+    let (key, first) = h.create_key(json!({ "name": "zombie" })).await;
+    let path = format!("/v1/keys/{}/reset", id_of(&key));
+    // first -> rotating (grace), then second reset without grace: first and second are dead.
+    h.post(&path, &h.admin, &json!({ "grace_seconds": 3600 }))
+        .await
+        .expect(200);
+    h.post(&path, &h.admin, &json!({ "grace_seconds": 0 }))
+        .await
+        .expect(200);
+    assert_eq!(h.verify_code(&first).await, "NOT_FOUND");
+    // A third reset with grace gives only the secret it rotates away a grace period.
+    h.post(&path, &h.admin, &json!({ "grace_seconds": 3600 }))
+        .await
+        .expect(200);
+    let v = h.verify(&first).await;
+    assert_eq!(v["code"], "NOT_FOUND", "a dead secret came back: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successful_verify_records_last_used_at() {
     let h = Harness::start().await;
     let (key, secret) = h.create_key(json!({ "name": "used" })).await;

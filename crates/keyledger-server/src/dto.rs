@@ -36,11 +36,20 @@ pub struct KeyResource {
     pub rotated_at: Option<Timestamp>,
     /// Number of events in the key's stream; the `ETag`.
     pub version: u64,
+    /// Only for a revoked key seen through `as_of`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub deleted_at: Option<Timestamp>,
 }
 
 impl From<&KeyEntry> for KeyResource {
     fn from(e: &KeyEntry) -> Self {
-        let s = &e.state;
+        Self::from_state(&e.state, e.last_used_at().map(Timestamp::from_millis))
+    }
+}
+
+impl KeyResource {
+    pub fn from_state(s: &keyledger_core::KeyState, last_used_at: Option<Timestamp>) -> Self {
         Self {
             id: s.id,
             name: s.name.clone(),
@@ -55,9 +64,10 @@ impl From<&KeyEntry> for KeyResource {
             hint: s.hint.clone(),
             created_at: s.created_at,
             updated_at: s.updated_at,
-            last_used_at: e.last_used_at().map(Timestamp::from_millis),
+            last_used_at,
             rotated_at: s.rotated_at,
             version: s.version,
+            deleted_at: s.deleted_at,
         }
     }
 }
@@ -181,6 +191,15 @@ impl From<&Verification> for VerifyResponse {
                 .and_then(|s| s.previous.as_ref().map(|p| p.until)),
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GetParams {
+    /// A seq or an RFC 3339 instant: the key as it was then (also if revoked since).
+    /// `last_used_at` is not part of the history and is `null` in such answers.
+    pub as_of: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keyledger_core::KeyPatch;
 use keyledger_service::{
-    CreateKey, Cursor, ListQuery, SCOPE_VERIFY, SortField, SortValue, VerifyCode,
+    AsOf, CreateKey, Cursor, ListQuery, SCOPE_VERIFY, SortField, SortValue, VerifyCode,
 };
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -173,15 +173,26 @@ pub async fn list_keys(
 
 /// One key; `ETag` is its version.
 #[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys",
-    params(("id" = Uuid, Path, description = "key id")),
+    params(("id" = Uuid, Path, description = "key id"), GetParams),
     responses((status = 200, body = KeyResource), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_key(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
+    QueryParams(p): QueryParams<GetParams>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let entry = st.service.get(&auth.actor(), parse_id(&id)?)?;
+    let id = parse_id(&id)?;
+    if let Some(as_of) = p.as_of {
+        let as_of = AsOf::parse(&as_of)
+            .ok_or_else(|| ApiError::validation("as_of: a seq or an RFC 3339 date-time"))?;
+        let state = st.service.get_as_of(&auth.actor(), id, as_of)?;
+        return Ok(with_etag(
+            state.version,
+            KeyResource::from_state(&state, None),
+        ));
+    }
+    let entry = st.service.get(&auth.actor(), id)?;
     Ok(with_etag(entry.state.version, KeyResource::from(&*entry)))
 }
 

@@ -15,6 +15,7 @@
 
 pub mod dto;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod handlers;
 pub mod metrics;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub service: Service,
     pub metrics: Arc<metrics::Metrics>,
     pub allow_query_key: bool,
+    /// Becomes `true` when the server shuts down: ends the live event streams.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -55,7 +58,8 @@ pub struct ServerConfig {
     paths(
         handlers::create_key, handlers::list_keys, handlers::get_key, handlers::update_key,
         handlers::reset_key, handlers::delete_key, handlers::me, handlers::verify,
-        handlers::signing_key, handlers::healthz, handlers::readyz
+        handlers::signing_key, handlers::healthz, handlers::readyz,
+        events::list_events, events::key_events, events::stream_events
     ),
     modifiers(&BearerAuth),
     tags((name = "keys"), (name = "verify"), (name = "events"), (name = "ops"))
@@ -76,11 +80,17 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// The full router with its state.
-pub fn router(service: Service, config: ServerConfig, metrics: Arc<metrics::Metrics>) -> Router {
+pub fn router(
+    service: Service,
+    config: ServerConfig,
+    metrics: Arc<metrics::Metrics>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Router {
     let state = AppState {
         service,
         metrics,
         allow_query_key: config.allow_query_key,
+        shutdown,
     };
     Router::new()
         .route(
@@ -95,6 +105,9 @@ pub fn router(service: Service, config: ServerConfig, metrics: Arc<metrics::Metr
                 .delete(handlers::delete_key),
         )
         .route("/v1/keys/{id}/reset", post(handlers::reset_key))
+        .route("/v1/keys/{id}/events", get(events::key_events))
+        .route("/v1/events", get(events::list_events))
+        .route("/v1/events/stream", get(events::stream_events))
         .route("/v1/me", get(handlers::me))
         .route("/v1/verify", post(handlers::verify))
         .route("/v1/signing-key", get(handlers::signing_key))

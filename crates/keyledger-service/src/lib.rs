@@ -15,10 +15,12 @@
 
 mod caller;
 mod error;
+pub mod history;
 pub mod writer;
 
 pub use caller::{Actor, Caller, SCOPE_ADMIN, SCOPE_EVENTS, SCOPE_READ, SCOPE_VERIFY, SCOPE_WRITE};
 pub use error::{AuthError, ServiceError};
+pub use history::{AsOf, EventQuery};
 pub use keyledger_projections::{Cursor, KeyEntry, ListPage, ListQuery, SortField, SortValue};
 pub use writer::{BatchObserver, BatchStats, Committed};
 
@@ -515,6 +517,10 @@ impl Service {
         self.submit(&Actor::System, Uuid::now_v7(), None, Action::Create(new))
             .await?;
         Ok(generated.then_some(secret))
+    }
+
+    pub(crate) fn with_model<T>(&self, f: impl FnOnce(&ReadModel) -> T) -> T {
+        f(&self.inner.model.read())
     }
 
     /// Persists pending `last_used_at` stamps now.

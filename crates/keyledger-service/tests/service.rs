@@ -3,7 +3,9 @@
 
 use keyledger_core::KeyPatch;
 use keyledger_projections::{fold_log, open_read_model};
-use keyledger_service::{Actor, BatchStats, Config, CreateKey, Service, ServiceError, VerifyCode, now};
+use keyledger_service::{
+    Actor, BatchStats, Config, CreateKey, Service, ServiceError, VerifyCode, now,
+};
 use proptest::prelude::*;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
@@ -56,21 +58,30 @@ async fn run(service: &Service, ops: &[Op]) {
             }),
             Op::Rename(i, name) => match pick(&ids, *i) {
                 Some(id) => {
-                    let patch = KeyPatch { name: Some(name.clone()), ..Default::default() };
+                    let patch = KeyPatch {
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    };
                     service.update(&a, id, patch, None).await.map(drop)
                 }
                 None => Ok(()),
             },
             Op::Toggle(i, on) => match pick(&ids, *i) {
                 Some(id) => {
-                    let patch = KeyPatch { enabled: Some(*on), ..Default::default() };
+                    let patch = KeyPatch {
+                        enabled: Some(*on),
+                        ..Default::default()
+                    };
                     service.update(&a, id, patch, None).await.map(drop)
                 }
                 None => Ok(()),
             },
             Op::Scopes(i, scopes) => match pick(&ids, *i) {
                 Some(id) => {
-                    let patch = KeyPatch { scopes: Some(scopes.clone()), ..Default::default() };
+                    let patch = KeyPatch {
+                        scopes: Some(scopes.clone()),
+                        ..Default::default()
+                    };
                     service.update(&a, id, patch, None).await.map(drop)
                 }
                 None => Ok(()),
@@ -85,7 +96,10 @@ async fn run(service: &Service, ops: &[Op]) {
             },
         };
         // Commands on a revoked key are refused; nothing else may fail.
-        assert!(matches!(r, Ok(()) | Err(ServiceError::Deleted)), "{op:?}: {r:?}");
+        assert!(
+            matches!(r, Ok(()) | Err(ServiceError::Deleted)),
+            "{op:?}: {r:?}"
+        );
     }
 }
 
@@ -119,9 +133,15 @@ fn restart_keeps_keys_versions_verification_and_last_used() {
         let s = Service::open(Config::new(dir.path())).unwrap();
         let (c, secret) = s.create(&Actor::Cli, named("a")).await.unwrap();
         let id = c.entry.state.id;
-        let patch = KeyPatch { role: Some(Some("member".into())), ..Default::default() };
+        let patch = KeyPatch {
+            role: Some(Some("member".into())),
+            ..Default::default()
+        };
         s.update(&Actor::Cli, id, patch, None).await.unwrap();
-        assert_eq!(s.verify(secret.expose(), &[], None, now()).code, VerifyCode::Valid);
+        assert_eq!(
+            s.verify(secret.expose(), &[], None, now()).code,
+            VerifyCode::Valid
+        );
         let before = s.snapshot();
         s.shutdown();
         (id, secret.expose().to_owned(), before)
@@ -131,7 +151,10 @@ fn restart_keeps_keys_versions_verification_and_last_used() {
         assert_eq!(s.snapshot(), before);
         let e = s.get(&Actor::Cli, id).unwrap();
         assert_eq!(e.state.version, 2);
-        assert!(e.last_used_at().is_some(), "last_used_at persisted on shutdown");
+        assert!(
+            e.last_used_at().is_some(),
+            "last_used_at persisted on shutdown"
+        );
         assert_eq!(s.verify(&secret, &[], None, now()).code, VerifyCode::Valid);
         s.shutdown();
     });
@@ -161,7 +184,10 @@ fn concurrent_commands_share_write_transactions() {
     });
     let batches = batches.lock().unwrap();
     assert_eq!(batches.iter().map(|b| b.commands).sum::<usize>(), 64);
-    assert!(batches.iter().any(|b| b.commands > 1), "no batch held more than one command");
+    assert!(
+        batches.iter().any(|b| b.commands > 1),
+        "no batch held more than one command"
+    );
 }
 
 #[test]
@@ -170,8 +196,14 @@ fn a_failed_command_in_a_batch_does_not_fail_the_others() {
     let rt = runtime();
     rt.block_on(async {
         let s = Service::open(Config::new(dir.path())).unwrap();
-        let bad = CreateKey { name: String::new(), ..Default::default() };
-        let (ok, err) = tokio::join!(s.create(&Actor::Cli, named("fine")), s.create(&Actor::Cli, bad));
+        let bad = CreateKey {
+            name: String::new(),
+            ..Default::default()
+        };
+        let (ok, err) = tokio::join!(
+            s.create(&Actor::Cli, named("fine")),
+            s.create(&Actor::Cli, bad)
+        );
         assert!(ok.is_ok());
         assert!(matches!(err, Err(ServiceError::Invalid { ref field, .. }) if field == "name"));
         assert_eq!(s.head(), 1);

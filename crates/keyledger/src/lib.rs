@@ -50,6 +50,7 @@ pub struct Server {
     service: Service,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    scheduler: JoinHandle<()>,
 }
 
 impl Server {
@@ -66,6 +67,7 @@ impl Server {
             Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
             Ok(Ok(())) => {}
         }
+        self.scheduler.abort();
         let service = self.service;
         let _ = tokio::task::spawn_blocking(move || service.shutdown()).await;
     }
@@ -99,17 +101,21 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
     let addr = listener.local_addr()?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let app = router(
         service.clone(),
         ServerConfig {
             allow_query_key: opts.allow_query_key,
         },
         metrics,
+        shutdown_rx,
     );
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(listener, app, async move {
         let _ = stopped.await;
+        let _ = shutdown_tx.send(true);
     }));
+    let scheduler = service.spawn_scheduler(std::time::Duration::from_secs(1));
     tracing::info!(%addr, data_dir = %opts.data_dir.display(), keys = service.key_count(), head = service.head(), "keyledger serving");
     Ok(Server {
         addr,
@@ -117,5 +123,6 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         service,
         stop,
         task,
+        scheduler,
     })
 }

@@ -1,0 +1,177 @@
+//! Reading the history: the log, one key's stream, a key as of a point in time, and the
+//! scheduler that records `key.expired` and `key.rotation_ended` when they fall due.
+
+use crate::{Actor, SCOPE_EVENTS, SCOPE_READ, Service, ServiceError, now};
+use keyledger_core::{Action, KeyState, Timestamp, evolve};
+use keyledger_store::Envelope;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A point in the history: a seq, or an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    Seq(u64),
+    Time(Timestamp),
+}
+
+impl AsOf {
+    /// A number is a seq; anything else must be RFC 3339.
+    pub fn parse(s: &str) -> Option<Self> {
+        if let Ok(seq) = s.parse() {
+            return Some(Self::Seq(seq));
+        }
+        Timestamp::parse_rfc3339(s).ok().map(Self::Time)
+    }
+
+    fn includes(&self, env: &Envelope) -> bool {
+        match *self {
+            AsOf::Seq(seq) => env.seq <= seq,
+            AsOf::Time(t) => env.occurred_at <= t,
+        }
+    }
+}
+
+/// Filters of `GET /v1/events`.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub after: u64,
+    pub limit: usize,
+    pub event_type: Option<String>,
+    pub account: Option<String>,
+}
+
+/// How many events one page may examine (filters can skip many).
+const MAX_SCAN: usize = 100_000;
+
+/// Folds a stream's events (in version order) up to `as_of`.
+pub fn fold_until(events: &[Envelope], as_of: AsOf) -> Option<KeyState> {
+    events
+        .iter()
+        .take_while(|e| as_of.includes(e))
+        .fold(None, |s, e| {
+            Some(evolve(s, e.key_id, e.occurred_at, &e.event))
+        })
+}
+
+impl Service {
+    pub fn account_filter(
+        &self,
+        actor: &Actor,
+        requested: Option<String>,
+    ) -> Result<Option<String>, ServiceError> {
+        match (actor.account_limit(), requested) {
+            (Some(limit), Some(a)) if a != limit => Err(ServiceError::Forbidden(
+                "account: only admin keys may read other accounts".into(),
+            )),
+            (Some(limit), _) => Ok(Some(limit.to_owned())),
+            (None, a) => Ok(a),
+        }
+    }
+
+    /// A page of the log and the seq to continue after.
+    pub fn events(
+        &self,
+        actor: &Actor,
+        q: EventQuery,
+    ) -> Result<(Vec<Envelope>, u64), ServiceError> {
+        actor.require(SCOPE_EVENTS)?;
+        let account = self.account_filter(actor, q.account)?;
+        let mut out = Vec::new();
+        let mut next_after = q.after;
+        let mut scanned = 0usize;
+        self.log()
+            .scan_raw(q.after, |seq, bytes| {
+                scanned += 1;
+                next_after = seq;
+                let env = keyledger_store::log::decode(bytes)?;
+                let keep = account.as_ref().is_none_or(|a| *a == env.account)
+                    && q.event_type
+                        .as_ref()
+                        .is_none_or(|t| t == env.event.type_name());
+                if keep {
+                    out.push(env);
+                }
+                Ok(out.len() < q.limit && scanned < MAX_SCAN)
+            })
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        Ok((out, next_after))
+    }
+
+    /// The full stream of a key the actor may see (also after its revocation).
+    pub fn key_events(&self, actor: &Actor, id: Uuid) -> Result<Vec<Envelope>, ServiceError> {
+        actor.require(SCOPE_EVENTS)?;
+        self.visible_any(actor, id)?;
+        self.log()
+            .stream(id)
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))
+    }
+
+    /// The key as it was at `as_of` (also for keys revoked since). 404 before its creation.
+    pub fn get_as_of(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        as_of: AsOf,
+    ) -> Result<KeyState, ServiceError> {
+        actor.require(SCOPE_READ)?;
+        self.visible_any(actor, id)?;
+        let events = self
+            .log()
+            .stream(id)
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        fold_until(&events, as_of).ok_or(ServiceError::NotFound)
+    }
+
+    fn visible_any(&self, actor: &Actor, id: Uuid) -> Result<(), ServiceError> {
+        self.visible(actor, id)
+            .map(drop)
+            .ok_or(ServiceError::NotFound)
+    }
+
+    /// Records every `key.expired` and `key.rotation_ended` that is due. Each fires once: the
+    /// domain emits nothing when it was already recorded. Returns the number of events.
+    pub async fn run_due(&self) -> usize {
+        let t = now();
+        let due: Vec<(Uuid, Action)> = self.with_model(|m| {
+            m.entries()
+                .filter(|e| !e.state.is_deleted())
+                .flat_map(|e| {
+                    let s = &e.state;
+                    let expire =
+                        (s.is_expired_at(t) && !s.expired).then_some((s.id, Action::Expire));
+                    let end = s
+                        .previous
+                        .as_ref()
+                        .filter(|p| p.until <= t)
+                        .map(|_| (s.id, Action::EndRotation));
+                    expire.into_iter().chain(end)
+                })
+                .collect()
+        });
+        let mut fired = 0;
+        for (id, action) in due {
+            match self.system(id, action).await {
+                Ok(c) => fired += c.events.len(),
+                Err(e) => {
+                    tracing::warn!(key_id = %id, error = %e, "scheduled event not recorded; will retry")
+                }
+            }
+        }
+        fired
+    }
+
+    /// Runs [`Service::run_due`] now (catching up on what fell due while the service was down)
+    /// and then every `every`, until the service shuts down.
+    pub fn spawn_scheduler(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let service = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if !service.is_ready() {
+                    break;
+                }
+                service.run_due().await;
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+}

@@ -32,6 +32,11 @@ impl KeyEntry {
         }
     }
 
+    /// An entry outside any model (e.g. a past state), never used.
+    pub fn detached(state: KeyState) -> Self {
+        Self::new(state, NEVER)
+    }
+
     pub fn last_used_at(&self) -> Option<i64> {
         let v = self.last_used.load(Ordering::Relaxed);
         (v != NEVER).then_some(v)

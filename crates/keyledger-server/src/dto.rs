@@ -76,8 +76,9 @@ impl KeyResource {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyWithSecret {
     pub key: KeyResource,
-    /// The plaintext key. Shown once; store it now.
-    pub secret: String,
+    /// The plaintext key. Shown once; store it now. `null` when the response replays an earlier
+    /// request with the same `Idempotency-Key` (secrets are never stored).
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

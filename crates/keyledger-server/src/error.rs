@@ -32,7 +32,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Machine-readable: `validation_failed`, `invalid_json`, `unauthorized`, `forbidden`,
     /// `not_found`, `conflict`, `precondition_failed`, `payload_too_large`,
-    /// `unsupported_media_type`, `rate_limited`, `unavailable`, `internal`.
+    /// `unsupported_media_type`, `idempotency_key_reused`, `rate_limited`, `unavailable`, `internal`.
     pub code: String,
     pub message: String,
     pub request_id: String,
@@ -71,6 +71,11 @@ impl From<ServiceError> for ApiError {
                 message,
             ),
             ServiceError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            ServiceError::IdempotencyMismatch => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                message,
+            ),
             ServiceError::Unavailable(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }

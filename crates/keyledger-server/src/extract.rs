@@ -6,20 +6,69 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use keyledger_service::{Actor, Caller, KeyEntry};
+use keyledger_service::{Actor, Caller, Idempotency, KeyEntry};
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// A JSON body: `Content-Type` must be JSON (415), size within the limit (413), syntax valid
 /// (400 `invalid_json`), fields known and well-typed (400 `validation_failed`, naming the path).
-/// An empty body deserializes from `{}`.
-pub struct JsonBody<T>(pub T);
+/// An empty body deserializes from `{}`. Carries the request's `Idempotency-Key`, if any,
+/// fingerprinted over method, path and the canonical body.
+pub struct JsonBody<T>(pub T, pub Option<Idempotency>);
+
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Reads `Idempotency-Key` (1..=255 visible ASCII characters) and fingerprints the request.
+fn idempotency(
+    headers: &axum::http::HeaderMap,
+    method: &axum::http::Method,
+    path: &str,
+    canonical_body: &[u8],
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| {
+            (1..=MAX_IDEMPOTENCY_KEY).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::validation("Idempotency-Key: 1 to 255 visible ASCII characters")
+        })?;
+    let mut h = Sha256::new();
+    h.update(method.as_str().as_bytes());
+    h.update(b" ");
+    h.update(path.as_bytes());
+    h.update(b"\n");
+    h.update(canonical_body);
+    Ok(Some(Idempotency {
+        key: key.to_owned(),
+        fingerprint: hex::encode(h.finalize()),
+    }))
+}
+
+/// The `Idempotency-Key` of a request without a body (DELETE).
+pub struct IdempotencyKey(pub Option<Idempotency>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        idempotency(&parts.headers, &parts.method, parts.uri.path(), b"").map(IdempotencyKey)
+    }
+}
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let wants_idempotency = req.headers().contains_key("idempotency-key");
+        let headers = req.headers().clone();
         let is_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -44,8 +93,15 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 ApiError::validation("could not read the request body")
             }
         })?;
+        let fingerprint = |canonical: &[u8]| {
+            if wants_idempotency {
+                idempotency(&headers, &method, &path, canonical)
+            } else {
+                Ok(None)
+            }
+        };
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return parse(b"{}").map(JsonBody);
+            return Ok(JsonBody(parse(b"{}")?, fingerprint(b"{}")?));
         }
         if is_json != Some(true) {
             return Err(ApiError::new(
@@ -54,7 +110,16 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 "Content-Type must be application/json",
             ));
         }
-        parse(&bytes).map(JsonBody)
+        let value = parse(&bytes)?;
+        let canonical = if wants_idempotency {
+            // Same JSON, same fingerprint: key order and whitespace do not matter.
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|_| ApiError::validation("body is not valid JSON"))?;
+            serde_json::to_vec(&v).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Ok(JsonBody(value, fingerprint(&canonical)?))
     }
 }
 

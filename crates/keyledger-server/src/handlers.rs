@@ -3,7 +3,7 @@
 use crate::AppState;
 use crate::dto::*;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Auth, IfMatch, JsonBody, QueryParams};
+use crate::extract::{Auth, IdempotencyKey, IfMatch, JsonBody, QueryParams};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -30,6 +30,15 @@ fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header")
 }
 
+/// `Idempotent-Replayed: true` on an answer repeated for an `Idempotency-Key`.
+fn replay_header(replayed: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if replayed {
+        h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    h
+}
+
 fn with_etag<T: Serialize>(version: u64, body: T) -> impl IntoResponse {
     let mut headers = HeaderMap::new();
     headers.insert(header::ETAG, etag(version));
@@ -44,7 +53,7 @@ fn with_etag<T: Serialize>(version: u64, body: T) -> impl IntoResponse {
 pub async fn create_key(
     State(st): State<AppState>,
     auth: Auth,
-    JsonBody(req): JsonBody<CreateKeyRequest>,
+    JsonBody(req, idem): JsonBody<CreateKeyRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let input = CreateKey {
         name: req.name,
@@ -58,15 +67,15 @@ pub async fn create_key(
         metadata: req.metadata,
         prefix: req.prefix,
     };
-    let (committed, secret) = st.service.create(&auth.actor(), input).await?;
-    let mut headers = HeaderMap::new();
+    let (committed, secret) = st.service.create(&auth.actor(), input, idem).await?;
+    let mut headers = replay_header(committed.replayed);
     headers.insert(header::ETAG, etag(committed.entry.state.version));
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/keys/{}", committed.entry.state.id)) {
         headers.insert(header::LOCATION, loc);
     }
     let body = KeyWithSecret {
         key: KeyResource::from(&*committed.entry),
-        secret: secret.expose().to_owned(),
+        secret: secret.map(|s| s.expose().to_owned()),
     };
     Ok((StatusCode::CREATED, headers, Json(body)))
 }
@@ -210,7 +219,7 @@ pub async fn update_key(
     auth: Auth,
     Path(id): Path<String>,
     IfMatch(if_version): IfMatch,
-    JsonBody(req): JsonBody<UpdateKeyRequest>,
+    JsonBody(req, idem): JsonBody<UpdateKeyRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let patch = KeyPatch {
         name: req.name,
@@ -224,11 +233,11 @@ pub async fn update_key(
     };
     let c = st
         .service
-        .update(&auth.actor(), parse_id(&id)?, patch, if_version)
+        .update(&auth.actor(), parse_id(&id)?, patch, if_version, idem)
         .await?;
-    Ok(with_etag(
-        c.entry.state.version,
-        KeyResource::from(&*c.entry),
+    Ok((
+        replay_header(c.replayed),
+        with_etag(c.entry.state.version, KeyResource::from(&*c.entry)),
     ))
 }
 
@@ -243,18 +252,27 @@ pub async fn reset_key(
     auth: Auth,
     Path(id): Path<String>,
     IfMatch(if_version): IfMatch,
-    JsonBody(req): JsonBody<ResetKeyRequest>,
+    JsonBody(req, idem): JsonBody<ResetKeyRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (c, secret) = st
         .service
-        .reset(&auth.actor(), parse_id(&id)?, req.grace_seconds, if_version)
+        .reset(
+            &auth.actor(),
+            parse_id(&id)?,
+            req.grace_seconds,
+            if_version,
+            idem,
+        )
         .await?;
-    Ok(with_etag(
-        c.entry.state.version,
-        KeyWithSecret {
-            key: KeyResource::from(&*c.entry),
-            secret: secret.expose().to_owned(),
-        },
+    Ok((
+        replay_header(c.replayed),
+        with_etag(
+            c.entry.state.version,
+            KeyWithSecret {
+                key: KeyResource::from(&*c.entry),
+                secret: secret.map(|s| s.expose().to_owned()),
+            },
+        ),
     ))
 }
 
@@ -268,11 +286,13 @@ pub async fn delete_key(
     auth: Auth,
     Path(id): Path<String>,
     IfMatch(if_version): IfMatch,
-) -> Result<StatusCode, ApiError> {
-    st.service
-        .delete(&auth.actor(), parse_id(&id)?, if_version)
+    IdempotencyKey(idem): IdempotencyKey,
+) -> Result<impl IntoResponse, ApiError> {
+    let c = st
+        .service
+        .delete(&auth.actor(), parse_id(&id)?, if_version, idem)
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok((replay_header(c.replayed), StatusCode::NO_CONTENT))
 }
 
 /// The calling key ("who am I").
@@ -291,7 +311,7 @@ pub async fn me(auth: Auth) -> impl IntoResponse {
 pub async fn verify(
     State(st): State<AppState>,
     auth: Auth,
-    JsonBody(req): JsonBody<VerifyRequest>,
+    JsonBody(req, _): JsonBody<VerifyRequest>,
 ) -> Result<Json<VerifyResponse>, ApiError> {
     auth.caller.require(SCOPE_VERIFY)?;
     let ip = req

@@ -21,6 +21,9 @@ pub enum ServiceError {
     /// The caller lacks a scope or tries to grant one it does not hold (403).
     #[error("{0}")]
     Forbidden(String),
+    /// The `Idempotency-Key` was used within 24 h for a different request (422).
+    #[error("Idempotency-Key: already used for a different request")]
+    IdempotencyMismatch,
     /// Storage failed or the service is shutting down (503); nothing was written.
     #[error("{0}")]
     Unavailable(String),

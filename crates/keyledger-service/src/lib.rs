@@ -22,7 +22,7 @@ pub use caller::{Actor, Caller, SCOPE_ADMIN, SCOPE_EVENTS, SCOPE_READ, SCOPE_VER
 pub use error::{AuthError, ServiceError};
 pub use history::{AsOf, EventQuery};
 pub use keyledger_projections::{Cursor, KeyEntry, ListPage, ListQuery, SortField, SortValue};
-pub use writer::{BatchObserver, BatchStats, Committed};
+pub use writer::{BatchObserver, BatchStats, Committed, Idempotency};
 
 use keyledger_core::secret::{DEFAULT_PREFIX, check_format};
 use keyledger_core::validate::DEFAULT_ACCOUNT;
@@ -277,6 +277,7 @@ impl Service {
         key_id: Uuid,
         if_version: Option<u64>,
         action: Action,
+        idempotency: Option<Idempotency>,
     ) -> Result<Committed, ServiceError> {
         let tx = self
             .inner
@@ -291,6 +292,7 @@ impl Service {
             if_version,
             action,
             actor: actor.name(),
+            idempotency,
             reply,
         };
         tx.send(job)
@@ -300,12 +302,15 @@ impl Service {
             .map_err(|_| ServiceError::Unavailable("the writer stopped".into()))?
     }
 
-    /// Creates a key; the returned [`Secret`] is the only copy of its plaintext.
+    /// Creates a key. The returned [`Secret`] is the only copy of its plaintext; it is `None`
+    /// when the call replays an earlier one with the same idempotency key (secrets are never
+    /// stored, so they cannot be shown twice).
     pub async fn create(
         &self,
         actor: &Actor,
         input: CreateKey,
-    ) -> Result<(Committed, Secret), ServiceError> {
+        idempotency: Option<Idempotency>,
+    ) -> Result<(Committed, Option<Secret>), ServiceError> {
         actor.require(SCOPE_WRITE)?;
         let account = match (input.account, actor.account_limit()) {
             (Some(a), Some(limit)) if a != limit => {
@@ -335,8 +340,15 @@ impl Service {
             credential: credential(&secret),
         };
         let committed = self
-            .submit(actor, Uuid::now_v7(), None, Action::Create(new))
+            .submit(
+                actor,
+                Uuid::now_v7(),
+                None,
+                Action::Create(new),
+                idempotency,
+            )
             .await?;
+        let secret = (!committed.replayed).then_some(secret);
         Ok((committed, secret))
     }
 
@@ -346,12 +358,13 @@ impl Service {
         id: Uuid,
         patch: KeyPatch,
         if_version: Option<u64>,
+        idempotency: Option<Idempotency>,
     ) -> Result<Committed, ServiceError> {
         actor.require(SCOPE_WRITE)?;
         if let Some(scopes) = &patch.scopes {
             actor.may_grant(scopes)?;
         }
-        self.submit(actor, id, if_version, Action::Update(patch))
+        self.submit(actor, id, if_version, Action::Update(patch), idempotency)
             .await
     }
 
@@ -362,7 +375,8 @@ impl Service {
         id: Uuid,
         grace_seconds: u64,
         if_version: Option<u64>,
-    ) -> Result<(Committed, Secret), ServiceError> {
+        idempotency: Option<Idempotency>,
+    ) -> Result<(Committed, Option<Secret>), ServiceError> {
         actor.require(SCOPE_WRITE)?;
         let prefix = self
             .visible(actor, id)
@@ -373,7 +387,10 @@ impl Service {
             credential: credential(&secret),
             grace_seconds,
         };
-        let committed = self.submit(actor, id, if_version, action).await?;
+        let committed = self
+            .submit(actor, id, if_version, action, idempotency)
+            .await?;
+        let secret = (!committed.replayed).then_some(secret);
         Ok((committed, secret))
     }
 
@@ -382,14 +399,16 @@ impl Service {
         actor: &Actor,
         id: Uuid,
         if_version: Option<u64>,
+        idempotency: Option<Idempotency>,
     ) -> Result<Committed, ServiceError> {
         actor.require(SCOPE_WRITE)?;
-        self.submit(actor, id, if_version, Action::Delete).await
+        self.submit(actor, id, if_version, Action::Delete, idempotency)
+            .await
     }
 
     /// Runs a system command (expiry, end of rotation) on a key.
     pub async fn system(&self, id: Uuid, action: Action) -> Result<Committed, ServiceError> {
-        self.submit(&Actor::System, id, None, action).await
+        self.submit(&Actor::System, id, None, action, None).await
     }
 
     fn visible(&self, actor: &Actor, id: Uuid) -> Option<Arc<KeyEntry>> {
@@ -514,8 +533,14 @@ impl Service {
             prefix: secret.prefix().to_owned(),
             credential: credential(&secret),
         };
-        self.submit(&Actor::System, Uuid::now_v7(), None, Action::Create(new))
-            .await?;
+        self.submit(
+            &Actor::System,
+            Uuid::now_v7(),
+            None,
+            Action::Create(new),
+            None,
+        )
+        .await?;
         Ok(generated.then_some(secret))
     }
 

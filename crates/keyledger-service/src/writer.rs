@@ -8,7 +8,7 @@
 use crate::{ServiceError, now};
 use keyledger_core::{Action, Command, KeyState, decide, evolve};
 use keyledger_projections::{KeyEntry, KeyTableProjector, ReadModel};
-use keyledger_store::{AppendError, AppendRequest, Envelope, Log};
+use keyledger_store::{AppendError, AppendRequest, Envelope, IdempotencyRecord, Log};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +20,20 @@ use uuid::Uuid;
 pub struct Committed {
     pub entry: Arc<KeyEntry>,
     pub events: Vec<Envelope>,
+    /// The result of an earlier command with the same `Idempotency-Key`; nothing was appended.
+    pub replayed: bool,
 }
+
+/// A client's `Idempotency-Key` with the fingerprint of its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    /// Hex SHA-256 of the request (method, path, canonical body).
+    pub fingerprint: String,
+}
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL_SECONDS: i64 = 24 * 3600;
 
 pub(crate) struct Job {
     pub key_id: Uuid,
@@ -28,7 +41,16 @@ pub(crate) struct Job {
     pub if_version: Option<u64>,
     pub action: Action,
     pub actor: String,
+    pub idempotency: Option<Idempotency>,
     pub reply: oneshot::Sender<Result<Committed, ServiceError>>,
+}
+
+impl Job {
+    fn scoped_idempotency_key(&self) -> Option<String> {
+        self.idempotency
+            .as_ref()
+            .map(|i| format!("{}:{}", self.actor, i.key))
+    }
 }
 
 /// What the writer reports after each committed batch (for metrics).
@@ -51,8 +73,18 @@ pub(crate) struct Writer {
 
 struct Pending {
     job: Job,
-    /// Index into the append requests, when the command produced events.
-    request: Option<usize>,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// Index into the append requests.
+    Appended(usize),
+    /// Decided to nothing; answer with the current state.
+    Unchanged,
+    /// Same idempotency key and request as an earlier job of this batch.
+    SameAs(usize),
+    /// Same idempotency key and request as an earlier, committed command.
+    Replay { key_id: Uuid, version: u64 },
 }
 
 impl Writer {
@@ -77,9 +109,27 @@ impl Writer {
         let mut overlay: HashMap<Uuid, KeyState> = HashMap::new();
         let mut requests: Vec<AppendRequest> = Vec::new();
         let mut pending: Vec<Pending> = Vec::with_capacity(jobs.len());
+        // Idempotency keys of this batch -> (fingerprint, index in `pending`).
+        let mut batch_keys: HashMap<String, (String, usize)> = HashMap::new();
         {
             let model = self.model.read();
             for job in jobs {
+                let scoped = job.scoped_idempotency_key();
+                if let Some(scoped) = &scoped {
+                    match self.idempotent_outcome(&job, scoped, &batch_keys, now) {
+                        Err(e) => {
+                            let _ = job.reply.send(Err(e));
+                            continue;
+                        }
+                        Ok(Some(outcome)) => {
+                            pending.push(Pending { job, outcome });
+                            continue;
+                        }
+                        Ok(None) => {}
+                    }
+                }
+                let fingerprint = job.idempotency.as_ref().map(|i| i.fingerprint.clone());
+                let before = pending.len();
                 let current = overlay
                     .get(&job.key_id)
                     .cloned()
@@ -88,7 +138,10 @@ impl Writer {
                     Err(e) => {
                         let _ = job.reply.send(Err(e));
                     }
-                    Ok(events) if events.is_empty() => pending.push(Pending { job, request: None }),
+                    Ok(events) if events.is_empty() => pending.push(Pending {
+                        job,
+                        outcome: Outcome::Unchanged,
+                    }),
                     Ok(events) => {
                         let account = match (&job.action, &current) {
                             (_, Some(s)) => s.account.clone(),
@@ -100,6 +153,14 @@ impl Writer {
                             state = Some(evolve(state, job.key_id, now, e));
                         }
                         overlay.insert(job.key_id, state.expect("events were applied"));
+                        let idempotency =
+                            job.scoped_idempotency_key().map(|key| IdempotencyRecord {
+                                key,
+                                fingerprint: fingerprint.clone().unwrap_or_default(),
+                                key_id: job.key_id,
+                                version: 0,
+                                at: now,
+                            });
                         requests.push(AppendRequest {
                             key_id: job.key_id,
                             account,
@@ -107,12 +168,16 @@ impl Writer {
                             actor: job.actor.clone(),
                             occurred_at: now,
                             events: events.into_iter().map(|e| (Uuid::now_v7(), e)).collect(),
+                            idempotency,
                         });
                         pending.push(Pending {
                             job,
-                            request: Some(requests.len() - 1),
+                            outcome: Outcome::Appended(requests.len() - 1),
                         });
                     }
+                }
+                if let (Some(scoped), true) = (scoped, pending.len() > before) {
+                    batch_keys.insert(scoped, (fingerprint.unwrap_or_default(), before));
                 }
             }
         }
@@ -153,25 +218,113 @@ impl Writer {
             });
         }
         let model = self.model.read();
-        for p in pending {
-            let reply = match p.request.map(|i| &results[i]) {
-                Some(Err(AppendError::Conflict { .. })) => Err(ServiceError::Conflict(
+        let replies: Vec<Result<Committed, ServiceError>> = pending
+            .iter()
+            .map(|p| self.reply_for(p, &pending, &results, &model))
+            .collect();
+        drop(model);
+        for (p, reply) in pending.into_iter().zip(replies) {
+            let _ = p.job.reply.send(reply);
+        }
+    }
+
+    fn reply_for(
+        &self,
+        p: &Pending,
+        all: &[Pending],
+        results: &[keyledger_store::AppendResult],
+        model: &ReadModel,
+    ) -> Result<Committed, ServiceError> {
+        let current = |id: &Uuid| model.get(id).cloned().ok_or(ServiceError::NotFound);
+        match &p.outcome {
+            Outcome::Appended(i) => match &results[*i] {
+                Err(AppendError::Conflict { .. }) => Err(ServiceError::Conflict(
                     "a concurrent change to this key won; retry".into(),
                 )),
-                Some(Err(AppendError::IdReused { .. })) => {
+                Err(AppendError::IdReused { .. }) => {
                     Err(ServiceError::Conflict("event id reused".into()))
                 }
-                outcome => model
-                    .get(&p.job.key_id)
-                    .map(|entry| Committed {
-                        entry: entry.clone(),
-                        events: outcome
-                            .map(|r| r.clone().unwrap_or_default())
-                            .unwrap_or_default(),
-                    })
-                    .ok_or(ServiceError::NotFound),
+                Ok(events) => Ok(Committed {
+                    entry: current(&p.job.key_id)?,
+                    events: events.clone(),
+                    replayed: false,
+                }),
+            },
+            Outcome::Unchanged => Ok(Committed {
+                entry: current(&p.job.key_id)?,
+                events: Vec::new(),
+                replayed: false,
+            }),
+            Outcome::SameAs(first) => {
+                let mut c = self.reply_for(&all[*first], all, results, model)?;
+                c.events.clear();
+                c.replayed = true;
+                Ok(c)
+            }
+            Outcome::Replay { key_id, version } => {
+                let entry = current(key_id)?;
+                let entry = if entry.state.version == *version {
+                    entry
+                } else {
+                    let events = self
+                        .log
+                        .stream(*key_id)
+                        .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+                    let state = events
+                        .iter()
+                        .take_while(|e| e.version <= *version)
+                        .fold(None, |s, e| {
+                            Some(evolve(s, e.key_id, e.occurred_at, &e.event))
+                        })
+                        .ok_or(ServiceError::NotFound)?;
+                    Arc::new(KeyEntry::detached(state))
+                };
+                Ok(Committed {
+                    entry,
+                    events: Vec::new(),
+                    replayed: true,
+                })
+            }
+        }
+    }
+
+    /// `Some` when the job repeats an earlier one; an error when it reuses a key for a
+    /// different request.
+    fn idempotent_outcome(
+        &self,
+        job: &Job,
+        scoped: &str,
+        batch: &HashMap<String, (String, usize)>,
+        now: keyledger_core::Timestamp,
+    ) -> Result<Option<Outcome>, ServiceError> {
+        let fp = job
+            .idempotency
+            .as_ref()
+            .map_or("", |i| i.fingerprint.as_str());
+        let mismatch = || ServiceError::IdempotencyMismatch;
+        if let Some((first_fp, index)) = batch.get(scoped) {
+            return if first_fp == fp {
+                Ok(Some(Outcome::SameAs(*index)))
+            } else {
+                Err(mismatch())
             };
-            let _ = p.job.reply.send(reply);
+        }
+        let record = self
+            .log
+            .idempotency(scoped)
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        match record {
+            Some(r) if r.at.plus_seconds(IDEMPOTENCY_TTL_SECONDS) > now => {
+                if r.fingerprint == fp {
+                    Ok(Some(Outcome::Replay {
+                        key_id: r.key_id,
+                        version: r.version,
+                    }))
+                } else {
+                    Err(mismatch())
+                }
+            }
+            _ => Ok(None),
         }
     }
 

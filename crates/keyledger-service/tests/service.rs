@@ -53,7 +53,7 @@ async fn run(service: &Service, ops: &[Op]) {
     for op in ops {
         let a = Actor::Cli;
         let r = match op {
-            Op::Create(name) => service.create(&a, named(name)).await.map(|(c, _)| {
+            Op::Create(name) => service.create(&a, named(name), None).await.map(|(c, _)| {
                 ids.push(c.entry.state.id);
             }),
             Op::Rename(i, name) => match pick(&ids, *i) {
@@ -62,7 +62,7 @@ async fn run(service: &Service, ops: &[Op]) {
                         name: Some(name.clone()),
                         ..Default::default()
                     };
-                    service.update(&a, id, patch, None).await.map(drop)
+                    service.update(&a, id, patch, None, None).await.map(drop)
                 }
                 None => Ok(()),
             },
@@ -72,7 +72,7 @@ async fn run(service: &Service, ops: &[Op]) {
                         enabled: Some(*on),
                         ..Default::default()
                     };
-                    service.update(&a, id, patch, None).await.map(drop)
+                    service.update(&a, id, patch, None, None).await.map(drop)
                 }
                 None => Ok(()),
             },
@@ -82,16 +82,16 @@ async fn run(service: &Service, ops: &[Op]) {
                         scopes: Some(scopes.clone()),
                         ..Default::default()
                     };
-                    service.update(&a, id, patch, None).await.map(drop)
+                    service.update(&a, id, patch, None, None).await.map(drop)
                 }
                 None => Ok(()),
             },
             Op::Reset(i, grace) => match pick(&ids, *i) {
-                Some(id) => service.reset(&a, id, *grace, None).await.map(drop),
+                Some(id) => service.reset(&a, id, *grace, None, None).await.map(drop),
                 None => Ok(()),
             },
             Op::Delete(i) => match pick(&ids, *i) {
-                Some(id) => service.delete(&a, id, None).await.map(drop),
+                Some(id) => service.delete(&a, id, None, None).await.map(drop),
                 None => Ok(()),
             },
         };
@@ -131,13 +131,14 @@ fn restart_keeps_keys_versions_verification_and_last_used() {
     let rt = runtime();
     let (id, secret, before) = rt.block_on(async {
         let s = Service::open(Config::new(dir.path())).unwrap();
-        let (c, secret) = s.create(&Actor::Cli, named("a")).await.unwrap();
+        let (c, secret) = s.create(&Actor::Cli, named("a"), None).await.unwrap();
+        let secret = secret.unwrap();
         let id = c.entry.state.id;
         let patch = KeyPatch {
             role: Some(Some("member".into())),
             ..Default::default()
         };
-        s.update(&Actor::Cli, id, patch, None).await.unwrap();
+        s.update(&Actor::Cli, id, patch, None, None).await.unwrap();
         assert_eq!(
             s.verify(secret.expose(), &[], None, now()).code,
             VerifyCode::Valid
@@ -173,7 +174,9 @@ fn concurrent_commands_share_write_transactions() {
         let tasks: Vec<_> = (0..64)
             .map(|i| {
                 let s = s.clone();
-                tokio::spawn(async move { s.create(&Actor::Cli, named(&format!("k{i}"))).await })
+                tokio::spawn(
+                    async move { s.create(&Actor::Cli, named(&format!("k{i}")), None).await },
+                )
             })
             .collect();
         for t in tasks {
@@ -201,11 +204,91 @@ fn a_failed_command_in_a_batch_does_not_fail_the_others() {
             ..Default::default()
         };
         let (ok, err) = tokio::join!(
-            s.create(&Actor::Cli, named("fine")),
-            s.create(&Actor::Cli, bad)
+            s.create(&Actor::Cli, named("fine"), None),
+            s.create(&Actor::Cli, bad, None)
         );
         assert!(ok.is_ok());
         assert!(matches!(err, Err(ServiceError::Invalid { ref field, .. }) if field == "name"));
+        assert_eq!(s.head(), 1);
+        s.shutdown();
+    });
+}
+
+fn idem(key: &str, fingerprint: &str) -> Option<keyledger_service::Idempotency> {
+    Some(keyledger_service::Idempotency {
+        key: key.into(),
+        fingerprint: fingerprint.into(),
+    })
+}
+
+#[test]
+fn the_same_idempotency_key_and_request_return_the_first_result_without_a_new_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let s = Service::open(Config::new(dir.path())).unwrap();
+        let (first, secret) = s
+            .create(&Actor::Cli, named("a"), idem("k1", "f1"))
+            .await
+            .unwrap();
+        assert!(secret.is_some() && !first.replayed);
+        let (again, secret) = s
+            .create(&Actor::Cli, named("a"), idem("k1", "f1"))
+            .await
+            .unwrap();
+        assert!(again.replayed);
+        assert!(
+            secret.is_none(),
+            "secrets are never stored, so never replayed"
+        );
+        assert_eq!(again.entry.state, first.entry.state);
+        assert_eq!(s.head(), 1);
+        // Concurrent duplicates in one batch: still one event.
+        let id = first.entry.state.id;
+        let patch = || KeyPatch {
+            name: Some("b".into()),
+            ..Default::default()
+        };
+        let (x, y) = tokio::join!(
+            s.update(&Actor::Cli, id, patch(), None, idem("k2", "f2")),
+            s.update(&Actor::Cli, id, patch(), None, idem("k2", "f2"))
+        );
+        assert_eq!(x.unwrap().entry.state.version, 2);
+        assert_eq!(y.unwrap().entry.state.version, 2);
+        assert_eq!(s.head(), 2);
+        s.shutdown();
+    });
+    // Remembered across a restart.
+    rt.block_on(async {
+        let s = Service::open(Config::new(dir.path())).unwrap();
+        let (again, _) = s
+            .create(&Actor::Cli, named("a"), idem("k1", "f1"))
+            .await
+            .unwrap();
+        assert!(again.replayed);
+        assert_eq!(
+            again.entry.state.version, 1,
+            "the state as the first call left it"
+        );
+        assert_eq!(s.head(), 2);
+        s.shutdown();
+    });
+}
+
+#[test]
+fn an_idempotency_key_reused_for_another_request_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let s = Service::open(Config::new(dir.path())).unwrap();
+        s.create(&Actor::Cli, named("a"), idem("k", "one"))
+            .await
+            .unwrap();
+        let err = s
+            .create(&Actor::Cli, named("b"), idem("k", "two"))
+            .await
+            .unwrap_err();
+        assert_eq!(err, ServiceError::IdempotencyMismatch);
         assert_eq!(s.head(), 1);
         s.shutdown();
     });

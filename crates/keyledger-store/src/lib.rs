@@ -21,7 +21,7 @@ pub mod log;
 pub mod signing;
 
 pub use envelope::{Envelope, GENESIS_HASH};
-pub use log::{AppendRequest, AppendResult, Log, NoProjection, Projector};
+pub use log::{AppendRequest, AppendResult, IdempotencyRecord, Log, NoProjection, Projector};
 pub use signing::{PublicKeyInfo, SignatureVerifier, SigningError, SigningKeys};
 
 use uuid::Uuid;

@@ -28,6 +28,20 @@ const STREAM_HEADS: TableDefinition<u128, u64> = TableDefinition::new("stream_he
 const STREAM_INDEX: TableDefinition<(u128, u64), u64> = TableDefinition::new("stream_index");
 const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+
+/// What a command with an `Idempotency-Key` produced, stored with its events.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdempotencyRecord {
+    /// The caller-scoped key (`<actor>:<Idempotency-Key>`).
+    pub key: String,
+    /// Hex SHA-256 of the request (method, path, canonical body).
+    pub fingerprint: String,
+    pub key_id: Uuid,
+    /// The key's version after the command.
+    pub version: u64,
+    pub at: Timestamp,
+}
 
 /// Events to append to one key's stream.
 #[derive(Debug, Clone)]
@@ -40,6 +54,8 @@ pub struct AppendRequest {
     pub occurred_at: Timestamp,
     /// Each event with its id (UUID v7), chosen by the caller so that retries are idempotent.
     pub events: Vec<(Uuid, Event)>,
+    /// Recorded in the same transaction, with `version` set to the stream's new version.
+    pub idempotency: Option<IdempotencyRecord>,
 }
 
 /// Updates read models inside the append's write transaction.
@@ -98,6 +114,7 @@ impl Log {
         txn.open_table(STREAM_INDEX)?;
         txn.open_table(EVENT_IDS)?;
         txn.open_table(META)?;
+        txn.open_table(IDEMPOTENCY)?;
         txn.commit()?;
         Ok(Self {
             db: Arc::new(db),
@@ -205,6 +222,15 @@ impl Log {
             out.push(env);
         }
         heads.insert(key, version)?;
+        if let Some(rec) = &req.idempotency {
+            let rec = IdempotencyRecord {
+                version,
+                ..rec.clone()
+            };
+            let bytes = serde_json::to_vec(&rec).map_err(StoreError::encode)?;
+            txn.open_table(IDEMPOTENCY)?
+                .insert(rec.key.as_str(), bytes.as_slice())?;
+        }
         Ok(Ok(out))
     }
 
@@ -300,6 +326,18 @@ impl Log {
     pub fn stream(&self, key_id: Uuid) -> Result<Vec<Envelope>, StoreError> {
         let txn = self.db.begin_read()?;
         stream_in(&txn, key_id)
+    }
+
+    /// The record stored for a caller-scoped idempotency key, if any.
+    pub fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IDEMPOTENCY)?;
+        let Some(v) = table.get(key)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("idempotency record: {e}")))
     }
 
     /// The stream's current version (0 when it does not exist).

@@ -26,6 +26,7 @@ fn req(key: Uuid, expected: u64, events: Vec<Event>) -> AppendRequest {
         actor: "cli".into(),
         occurred_at: Timestamp(1_800_000_000_000),
         events: events.into_iter().map(|e| (Uuid::now_v7(), e)).collect(),
+        idempotency: None,
     }
 }
 

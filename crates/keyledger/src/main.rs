@@ -270,9 +270,11 @@ async fn run_keys(service: &Service, cmd: KeysCommand) -> anyhow::Result<()> {
                 scopes,
                 ..Default::default()
             };
-            let (c, secret) = service.create(&Actor::Cli, input).await?;
+            let (c, secret) = service.create(&Actor::Cli, input, None).await?;
             eprintln!("created key {} ({})", c.entry.state.id, c.entry.state.hint);
-            println!("{}", secret.expose());
+            if let Some(secret) = secret {
+                println!("{}", secret.expose());
+            }
         }
         KeysCommand::List { account, .. } => {
             let page = service.list(
@@ -293,7 +295,7 @@ async fn run_keys(service: &Service, cmd: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id, .. } => {
-            if let Err(e) = service.delete(&Actor::Cli, id, None).await {
+            if let Err(e) = service.delete(&Actor::Cli, id, None, None).await {
                 bail!("cannot revoke {id}: {e}");
             }
             eprintln!("revoked {id}");

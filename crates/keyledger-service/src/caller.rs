@@ -44,6 +44,15 @@ impl Actor {
         }
     }
 
+    /// The scopes that bound what a non-admin key may grant or change; `None` for admins,
+    /// the system and the CLI.
+    pub fn scope_limit(&self) -> Option<&[String]> {
+        match self {
+            Actor::Key(c) if !c.is_admin() => Some(&c.scopes),
+            _ => None,
+        }
+    }
+
     /// A non-admin key can only grant scopes it holds itself.
     pub fn may_grant(&self, scopes: &[String]) -> Result<(), ServiceError> {
         let Actor::Key(c) = self else { return Ok(()) };

@@ -289,6 +289,7 @@ impl Service {
         let job = Job {
             key_id,
             account_limit: actor.account_limit().map(str::to_owned),
+            scope_limit: actor.scope_limit().map(<[String]>::to_vec),
             if_version,
             action,
             actor: actor.name(),
@@ -484,7 +485,8 @@ impl Service {
         Verification {
             code,
             entry: Some(m.entry),
-            rotating: m.previous,
+            // A revoked key's old secret is not "rotating": it is revoked.
+            rotating: m.previous && code != VerifyCode::Revoked,
         }
     }
 

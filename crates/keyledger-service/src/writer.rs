@@ -38,6 +38,9 @@ pub const IDEMPOTENCY_TTL_SECONDS: i64 = 24 * 3600;
 pub(crate) struct Job {
     pub key_id: Uuid,
     pub account_limit: Option<String>,
+    /// The scopes of a non-admin calling key: it may only change keys whose scopes it all
+    /// holds, or it could take over a more powerful key (e.g. reset an admin key).
+    pub scope_limit: Option<Vec<String>>,
     pub if_version: Option<u64>,
     pub action: Action,
     pub actor: String,
@@ -344,6 +347,14 @@ impl Writer {
                 }
                 _ => ServiceError::NotFound,
             });
+        }
+        if let (Some(held), Some(s)) = (&job.scope_limit, current)
+            && !matches!(job.action, Action::Create(_))
+            && let Some(missing) = s.scopes.iter().find(|sc| !held.contains(sc))
+        {
+            return Err(ServiceError::Forbidden(format!(
+                "the key holds the scope `{missing}`, which the calling key does not hold"
+            )));
         }
         let cmd = Command {
             now,

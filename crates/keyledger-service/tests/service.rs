@@ -293,3 +293,53 @@ fn an_idempotency_key_reused_for_another_request_is_refused() {
         s.shutdown();
     });
 }
+
+/// A non-admin key must not take over a more powerful key of its account (reset it and
+/// receive its secret, or change it).
+#[test]
+fn a_key_cannot_change_a_key_holding_scopes_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let s = Service::open(Config::new(dir.path())).unwrap();
+        let admin = CreateKey {
+            name: "root".into(),
+            scopes: vec!["admin".into()],
+            ..Default::default()
+        };
+        let (root, _) = s.create(&Actor::Cli, admin, None).await.unwrap();
+        let writer = CreateKey {
+            name: "w".into(),
+            scopes: vec!["keys:write".into(), "keys:read".into()],
+            ..Default::default()
+        };
+        let (w, _) = s.create(&Actor::Cli, writer, None).await.unwrap();
+        let actor = Actor::Key(keyledger_service::Caller::from_state(&w.entry.state));
+        let root_id = root.entry.state.id;
+        let forbidden = |r: Result<_, ServiceError>| matches!(r, Err(ServiceError::Forbidden(_)));
+        assert!(forbidden(
+            s.reset(&actor, root_id, 0, None, None).await.map(drop)
+        ));
+        assert!(forbidden(
+            s.delete(&actor, root_id, None, None).await.map(drop)
+        ));
+        let disable = KeyPatch {
+            enabled: Some(false),
+            ..Default::default()
+        };
+        assert!(forbidden(
+            s.update(&actor, root_id, disable, None, None)
+                .await
+                .map(drop)
+        ));
+        // Keys within its own powers remain its to manage.
+        let (mine, _) = s.create(&actor, named("mine"), None).await.unwrap();
+        assert!(
+            s.reset(&actor, mine.entry.state.id, 0, None, None)
+                .await
+                .is_ok()
+        );
+        assert_eq!(s.get(&Actor::Cli, root_id).unwrap().state.version, 1);
+        s.shutdown();
+    });
+}

@@ -86,3 +86,28 @@ mod tests {
         assert_ne!(envelope_hash(&b).unwrap(), envelope_hash(&c).unwrap());
     }
 }
+
+#[cfg(test)]
+mod number_vectors {
+    /// RFC 8785 Appendix B: numbers are serialized as ECMAScript doubles.
+    #[test]
+    fn numbers_follow_rfc8785_appendix_b() {
+        let cases = [
+            ("0", "0"),
+            ("-0.0", "0"),
+            ("1e21", "1e+21"),
+            ("1e20", "100000000000000000000"),
+            ("9007199254740993", "9007199254740992"),
+            ("0.000001", "0.000001"),
+            ("1e-7", "1e-7"),
+            ("295147905179352830000", "295147905179352830000"),
+            ("-1.5e-10", "-1.5e-10"),
+            ("123456789012345680000", "123456789012345680000"),
+        ];
+        for (input, want) in cases {
+            let v: serde_json::Value = serde_json::from_str(input).unwrap();
+            let got = String::from_utf8(serde_json_canonicalizer::to_vec(&v).unwrap()).unwrap();
+            assert_eq!(got, want, "input {input}");
+        }
+    }
+}

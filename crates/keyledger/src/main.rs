@@ -48,7 +48,8 @@ enum Command {
         #[arg(long, env = "KEYLEDGER_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Accept keys in the `?apikey=` query parameter (they end up in access logs).
-        #[arg(long, env = "KEYLEDGER_ALLOW_QUERY_KEY")]
+        #[arg(long, env = "KEYLEDGER_ALLOW_QUERY_KEY", action = clap::ArgAction::SetTrue,
+              value_parser = clap::builder::BoolishValueParser::new())]
         allow_query_key: bool,
         /// The first admin key on an empty log (else one is generated and printed once).
         #[arg(long, env = "KEYLEDGER_BOOTSTRAP_KEY", hide_env_values = true)]

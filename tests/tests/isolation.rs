@@ -200,23 +200,24 @@ async fn non_admin_verifier_does_not_see_other_accounts_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_admin_may_rename_a_key_holding_scopes_it_lacks() {
-    // Not a grant: the scopes stay as they are.
+async fn non_admin_cannot_change_a_key_holding_scopes_it_lacks() {
+    // A key manages only keys within its own powers: otherwise a `keys:write` key could
+    // disable, revoke or rename its way around a more powerful key (docs/API.md).
     let h = Harness::start().await;
     let (acme, _, _) = tenants(&h).await;
     let (gate, _) = h
         .create_key(json!({ "name": "gate", "account": "acme", "scopes": ["keys:verify"] }))
         .await;
-    let k = h
-        .patch(
-            &format!("/v1/keys/{}", id_of(&gate)),
-            &acme,
-            &json!({ "name": "gate 2" }),
-        )
+    let path = format!("/v1/keys/{}", id_of(&gate));
+    h.patch(&path, &acme, &json!({ "name": "gate 2" }))
         .await
-        .expect(200)
-        .json();
-    assert_eq!(k["scopes"], json!(["keys:verify"]));
+        .expect_error(403, "forbidden");
+    h.patch(&path, &acme, &json!({ "enabled": false }))
+        .await
+        .expect_error(403, "forbidden");
+    let k = h.get_key(&id_of(&gate)).await;
+    assert_eq!(k["name"], "gate");
+    assert_eq!(k["enabled"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -768,3 +768,39 @@ async fn concurrent_updates_without_if_match_are_all_applied() {
     // Every write changes metadata relative to whichever write preceded it.
     assert_eq!(k["version"], 21, "one event per distinct update: {k}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_replays_the_first_create_without_a_second_key() {
+    let h = Harness::start().await;
+    let send = async |body: Value| {
+        let r = h
+            .request(Method::POST, "/v1/keys")
+            .bearer_auth(&h.admin)
+            .header("idempotency-key", "create-once-1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let body = json!({ "name": "idem", "account": "idem" });
+    let (s1, first) = send(body.clone()).await;
+    let (s2, second) = send(body).await;
+    assert_eq!(s1, 201, "{first}");
+    assert_eq!(s2, 201, "the replay answers like the first: {second}");
+    assert_eq!(second["key"]["id"], first["key"]["id"]);
+    let page = h
+        .get("/v1/keys?account=idem", &h.admin)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(page["total"], 1, "one key, not two: {page}");
+    // The same Idempotency-Key with another body is refused.
+    let (s3, third) = send(json!({ "name": "other", "account": "idem" })).await;
+    assert_eq!(s3, 422, "{third}");
+    assert_eq!(
+        h.get("/v1/keys?account=idem", &h.admin).await.json()["total"],
+        1
+    );
+}

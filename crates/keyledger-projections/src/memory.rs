@@ -1,7 +1,7 @@
 //! The in-memory read model: every key by id, the verification index (secret hash -> key), and
 //! live `last_used_at` stamps. Fed only with committed envelopes, in seq order.
 
-use keyledger_core::{Event, KeyState, SecretHash, evolve};
+use keyledger_core::{KeyState, SecretHash, evolve};
 use keyledger_store::Envelope;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,6 +48,10 @@ impl KeyEntry {
             self.dirty.store(true, Ordering::Relaxed);
         }
     }
+}
+
+fn hashes(s: &KeyState) -> impl Iterator<Item = SecretHash> + '_ {
+    std::iter::once(s.secret_hash).chain(s.previous.as_ref().map(|p| p.secret_hash))
 }
 
 /// What a presented secret hash resolves to.
@@ -123,14 +127,15 @@ impl ReadModel {
             env.occurred_at,
             &env.event,
         );
-        match &env.event {
-            Event::Rotated(r) if r.grace_until.is_none() => {
-                self.by_hash.remove(&r.previous_secret_hash);
+        // A hash stays indexed only while it is the key's current or rotating secret (a revoked
+        // key keeps its current hash, so that it verifies as REVOKED).
+        if let Some(old) = old {
+            let stale: Vec<SecretHash> = hashes(&old.state)
+                .filter(|h| hashes(&next).all(|n| n != *h))
+                .collect();
+            for h in stale {
+                self.by_hash.remove(&h);
             }
-            Event::RotationEnded(r) => {
-                self.by_hash.remove(&r.secret_hash);
-            }
-            _ => {}
         }
         self.index_hashes(&next);
         self.keys

@@ -468,7 +468,11 @@ impl Service {
         let s = &m.entry.state;
         let code = if s.is_deleted() {
             VerifyCode::Revoked
-        } else if m.previous && s.previous.as_ref().is_none_or(|p| p.until <= now) {
+        } else if m.previous
+            && s.previous
+                .as_ref()
+                .is_none_or(|p| p.secret_hash != hash || p.until <= now)
+        {
             return not_found;
         } else if !s.enabled {
             VerifyCode::Disabled

@@ -75,6 +75,23 @@ enum Command {
         #[command(subcommand)]
         command: SigningKeyCommand,
     },
+    /// Read the event log.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print every event after `--after` as JSON lines, exactly as stored (for auditors and
+    /// docs/examples/verify_log.py).
+    Export {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,8 +134,14 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum SigningKeyCommand {
-    /// Add a new signing key; earlier keys stay for verifying old events.
+    /// Add a new signing key; earlier keys stay for verifying old events. Restart the service
+    /// to sign with it.
     Rotate {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Print the public keys as `GET /v1/signing-key` does.
+    List {
         #[command(flatten)]
         data: DataArgs,
     },
@@ -162,6 +185,16 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&info)?);
             Ok(())
         }
+        Command::SigningKey {
+            command: SigningKeyCommand::List { data },
+        } => {
+            let keys = SigningKeys::load(&data.config().signing_key_path())?;
+            println!("{}", serde_json::json!({ "keys": keys.public_keys() }));
+            Ok(())
+        }
+        Command::Events {
+            command: EventsCommand::Export { data, after },
+        } => export(&data, after),
     }
 }
 
@@ -218,6 +251,26 @@ fn replay(data: &DataArgs) -> anyhow::Result<()> {
         "replayed {n} events in {secs:.2} s ({:.0} events/s)",
         n as f64 / secs
     );
+    Ok(())
+}
+
+fn export(data: &DataArgs, after: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let log = open_log(&data.config())?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut failed = None;
+    log.scan_raw(after, |_, bytes| {
+        let ok = out.write_all(bytes).and_then(|()| out.write_all(b"\n"));
+        if let Err(e) = ok {
+            failed = Some(e);
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -84,7 +84,8 @@ fn create_on_existing_stream_is_refused() {
 
 #[test]
 fn create_validates_fields_and_names_them() {
-    let cases: Vec<(Box<dyn Fn(&mut NewKey)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut NewKey)>;
+    let cases: Vec<(Mutation, &str)> = vec![
         (
             Box::new(|k| k.name = "x".repeat(256)),
             "name: at most 255 characters",

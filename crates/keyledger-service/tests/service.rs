@@ -4,7 +4,7 @@
 use keyledger_core::KeyPatch;
 use keyledger_projections::{fold_log, open_read_model};
 use keyledger_service::{
-    Actor, BatchStats, Config, CreateKey, Service, ServiceError, VerifyCode, now,
+    Actor, AsOf, BatchStats, Config, CreateKey, Service, ServiceError, VerifyCode, now,
 };
 use proptest::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -122,7 +122,90 @@ proptest! {
         let log = keyledger_service::open_log(&Config::new(dir.path())).unwrap();
         prop_assert_eq!(&fold_log(&log).unwrap().snapshot(), &live);
         prop_assert_eq!(&open_read_model(&log).unwrap().snapshot(), &live);
+        // `keyledger replay`: rebuilding the persisted table from the log changes nothing.
+        keyledger_projections::persisted::catch_up(&log, true, |_, _| {}).unwrap();
+        prop_assert_eq!(&open_read_model(&log).unwrap().snapshot(), &live);
     }
+
+    /// `as_of` at every seq equals folding the log's prefix up to that seq.
+    #[test]
+    fn as_of_every_seq_equals_folding_that_prefix(ops in prop::collection::vec(op(), 1..25)) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        rt.block_on(async {
+            let service = Service::open(Config::new(dir.path())).unwrap();
+            run(&service, &ops).await;
+            let events = service.log().read(0, usize::MAX).unwrap();
+            let mut prefix: std::collections::BTreeMap<Uuid, keyledger_core::KeyState> = Default::default();
+            for env in &events {
+                let next = keyledger_core::evolve(prefix.remove(&env.key_id), env.key_id, env.occurred_at, &env.event);
+                prefix.insert(env.key_id, next);
+                for (id, expected) in &prefix {
+                    let got = service.get_as_of(&Actor::Cli, *id, AsOf::Seq(env.seq)).unwrap();
+                    assert_eq!(&got, expected, "key {id} as of seq {}", env.seq);
+                }
+            }
+            if let Some(first) = events.first() {
+                // Before its first event a key does not exist.
+                let later_key = events.iter().find(|e| e.key_id != first.key_id);
+                if let Some(k) = later_key {
+                    let before = AsOf::Seq(k.seq - 1);
+                    assert_eq!(service.get_as_of(&Actor::Cli, k.key_id, before), Err(ServiceError::NotFound));
+                }
+            }
+            service.shutdown();
+        });
+    }
+}
+
+/// Expiry and the end of a grace period fall due while the service is down: on the next start
+/// the scheduler records each exactly once.
+#[test]
+fn scheduled_events_fire_once_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let s = Service::open(Config::new(dir.path())).unwrap();
+        let soon = keyledger_core::Timestamp::from_millis(now().millis() + 300);
+        let input = CreateKey {
+            expires_at: Some(soon),
+            ..named("short")
+        };
+        let (c, _) = s.create(&Actor::Cli, input, None).await.unwrap();
+        s.reset(&Actor::Cli, c.entry.state.id, 1, None, None)
+            .await
+            .unwrap();
+        assert_eq!(s.run_due().await, 0, "nothing is due yet");
+        s.shutdown();
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    rt.block_on(async {
+        let s = Service::open(Config::new(dir.path())).unwrap();
+        assert_eq!(s.run_due().await, 2, "key.expired and key.rotation_ended");
+        assert_eq!(s.run_due().await, 0, "each fires once");
+        let types: Vec<&str> = s
+            .log()
+            .read(0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.event.type_name())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "key.created",
+                "key.rotated",
+                "key.expired",
+                "key.rotation_ended"
+            ]
+        );
+        s.shutdown();
+    });
+    rt.block_on(async {
+        let s = Service::open(Config::new(dir.path())).unwrap();
+        assert_eq!(s.run_due().await, 0, "and not again after another restart");
+        s.shutdown();
+    });
 }
 
 #[test]

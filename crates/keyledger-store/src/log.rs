@@ -107,9 +107,7 @@ impl Log {
     /// Uses an already opened database (e.g. one built on a custom storage backend).
     pub fn with_database(db: Database, keys: SigningKeys) -> Result<Self, StoreError> {
         let txn = db.begin_write()?;
-        for def in [EVENTS] {
-            txn.open_table(def)?;
-        }
+        txn.open_table(EVENTS)?;
         txn.open_table(STREAM_HEADS)?;
         txn.open_table(STREAM_INDEX)?;
         txn.open_table(EVENT_IDS)?;

@@ -1,0 +1,171 @@
+//! `GET /v1/events/stream`: every event once, in order, from any `after` or `Last-Event-ID`,
+//! then live events as they are committed.
+
+use keyledger_e2e::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// A Server-Sent Events reader over a streaming response.
+struct Sse {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+#[derive(Debug)]
+struct Frame {
+    id: u64,
+    event: String,
+    data: Value,
+}
+
+impl Sse {
+    async fn open(h: &Harness, query: &str, last_event_id: Option<u64>) -> Self {
+        let mut req = h
+            .request(Method::GET, &format!("/v1/events/stream{query}"))
+            .bearer_auth(&h.admin);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let resp = req.send().await.expect("stream opens");
+        assert_eq!(resp.status(), 200);
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("text/event-stream"), "{ct}");
+        Self {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event frame (heartbeat comments are skipped); panics after 10 s.
+    async fn next(&mut self) -> Frame {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if let Some(id) = id {
+                    return Frame {
+                        id,
+                        event,
+                        data: serde_json::from_str(&data).expect("data is JSON"),
+                    };
+                }
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, self.resp.chunk())
+                .await
+                .expect("an event within 10 s")
+                .expect("stream readable")
+                .expect("stream still open");
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+/// Creates keys and changes them: returns the log's head seq.
+async fn history(h: &Harness, keys: usize) -> u64 {
+    for i in 0..keys {
+        let (k, _) = h.create_key(json!({ "name": format!("k{i}") })).await;
+        let path = format!("/v1/keys/{}", id_of(&k));
+        h.patch(&path, &h.admin, &json!({ "role": "member" }))
+            .await
+            .expect(200);
+    }
+    let page = h
+        .get("/v1/events?limit=1000", &h.admin)
+        .await
+        .expect(200)
+        .json();
+    page["next_after"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_delivers_every_event_once_in_order_from_any_after() {
+    let h = Harness::start().await;
+    let mut head = history(&h, 5).await; // bootstrap + 10
+    for after in [0, 1, 4, head - 1, head] {
+        let mut s = Sse::open(&h, &format!("?after={after}"), None).await;
+        for expected in after + 1..=head {
+            let f = s.next().await;
+            assert_eq!(f.id, expected, "from after={after}");
+            assert_eq!(f.data["seq"], expected);
+            assert_eq!(f.event, f.data["type"].as_str().unwrap());
+        }
+        // Then live: the new event arrives next, with no duplicate before it.
+        let (k, _) = h
+            .create_key(json!({ "name": format!("live{after}") }))
+            .await;
+        head += 1;
+        let f = s.next().await;
+        assert_eq!(f.id, head, "after={after}");
+        assert_eq!(f.data["key_id"], k["id"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_resumes_from_last_event_id() {
+    let h = Harness::start().await;
+    let head = history(&h, 3).await;
+    let mut s = Sse::open(&h, "", Some(head - 2)).await;
+    assert_eq!(s.next().await.id, head - 1);
+    assert_eq!(s.next().await.id, head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_keeps_order_while_writes_race_it() {
+    let h = Harness::start().await;
+    let mut s = Sse::open(&h, "?after=0", None).await;
+    let writes = 60;
+    let creates: Vec<_> = (0..writes)
+        .map(|i| {
+            let (client, url, admin) = (reqwest::Client::new(), h.url("/v1/keys"), h.admin.clone());
+            tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .bearer_auth(admin)
+                    .json(&json!({ "name": format!("race{i}") }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            })
+        })
+        .collect();
+    for expected in 1..=writes + 1 {
+        assert_eq!(s.next().await.id, expected as u64);
+    }
+    for c in creates {
+        c.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_filters_by_type_and_needs_events_read() {
+    let h = Harness::start().await;
+    let head = history(&h, 2).await;
+    let mut s = Sse::open(&h, "?type=key.updated", None).await;
+    let first = s.next().await;
+    assert_eq!(first.event, "key.updated");
+    assert_eq!(s.next().await.event, "key.updated");
+    assert!(head >= 5);
+    let (_, secret) = h
+        .create_key(json!({ "name": "r", "scopes": ["keys:read"] }))
+        .await;
+    h.get("/v1/events/stream", &secret)
+        .await
+        .expect_error(403, "forbidden");
+    h.get("/v1/events/stream?type=key.nope", &h.admin)
+        .await
+        .expect_error(400, "validation_failed");
+}

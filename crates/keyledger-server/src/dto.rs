@@ -255,3 +255,23 @@ pub struct SigningKeyInfo {
 pub struct Health {
     pub status: String,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub status: String,
+    /// Seq of the last committed event.
+    pub log_head: u64,
+    /// Present when events are published to NATS.
+    pub nats: Option<NatsStatus>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NatsStatus {
+    pub connected: bool,
+    /// Seq of the last event the stream acknowledged.
+    pub published_seq: u64,
+    /// Committed events not yet in the stream.
+    pub lag_events: u64,
+    /// Age of the oldest event not yet in the stream.
+    pub lag_seconds: f64,
+}

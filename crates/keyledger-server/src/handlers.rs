@@ -361,25 +361,40 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: the writer accepts commands.
+/// Readiness: the writer accepts commands. With NATS configured, also the publisher's state
+/// (commands succeed while NATS is down, so it does not make the service unready).
 #[utoipa::path(get, path = "/readyz", tag = "ops",
-    responses((status = 200, body = Health), (status = 503, body = Health)))]
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
-    if st.service.is_ready() {
-        (
-            StatusCode::OK,
-            Json(Health {
-                status: "ready".into(),
-            }),
-        )
+    let ready = st.service.is_ready();
+    let o = st.service.outbox().snapshot();
+    let head = st.service.head();
+    let nats = o.enabled.then(|| NatsStatus {
+        connected: o.connected,
+        published_seq: o.published,
+        lag_events: head.saturating_sub(o.published),
+        lag_seconds: lag_seconds(o.oldest_pending_ms),
+    });
+    let body = Readiness {
+        status: if ready { "ready" } else { "shutting down" }.into(),
+        log_head: head,
+        nats,
+    };
+    let code = if ready {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health {
-                status: "shutting down".into(),
-            }),
-        )
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body))
+}
+
+/// Seconds since the oldest unpublished event occurred (0 when caught up).
+pub fn lag_seconds(oldest_pending_ms: i64) -> f64 {
+    if oldest_pending_ms == 0 {
+        return 0.0;
     }
+    let now = keyledger_service::now().millis();
+    ((now - oldest_pending_ms).max(0) as f64) / 1000.0
 }
 
 pub async fn not_found_fallback() -> ApiError {

@@ -131,7 +131,16 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn render_metrics(State(st): State<AppState>) -> impl IntoResponse {
-    let body = st.metrics.render(st.service.key_count(), st.service.head());
+    let head = st.service.head();
+    let o = st.service.outbox().snapshot();
+    let nats = o.enabled.then(|| {
+        (
+            o.connected,
+            head.saturating_sub(o.published),
+            handlers::lag_seconds(o.oldest_pending_ms),
+        )
+    });
+    let body = st.metrics.render(st.service.key_count(), head, nats);
     (
         [(
             header::CONTENT_TYPE,

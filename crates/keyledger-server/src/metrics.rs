@@ -38,6 +38,9 @@ pub struct Metrics {
     committed_events: Counter,
     keys: Gauge,
     log_head: Gauge,
+    nats_connected: Gauge,
+    nats_lag_events: Gauge,
+    nats_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -56,6 +59,9 @@ impl Default for Metrics {
         let committed_events = Counter::default();
         let keys = Gauge::default();
         let log_head = Gauge::default();
+        let nats_connected = Gauge::default();
+        let nats_lag_events = Gauge::default();
+        let nats_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "keyledger_http_requests",
             "HTTP requests by method, route and status",
@@ -92,6 +98,21 @@ impl Default for Metrics {
             "Seq of the last event",
             log_head.clone(),
         );
+        registry.register(
+            "keyledger_nats_connected",
+            "1 when the NATS publisher is connected (0 also when NATS is not configured)",
+            nats_connected.clone(),
+        );
+        registry.register(
+            "keyledger_nats_lag_events",
+            "Committed events not yet acknowledged by the JetStream stream",
+            nats_lag_events.clone(),
+        );
+        registry.register(
+            "keyledger_nats_lag_seconds",
+            "Age of the oldest event not yet acknowledged by the stream",
+            nats_lag_seconds.clone(),
+        );
         Self {
             registry,
             requests,
@@ -102,6 +123,9 @@ impl Default for Metrics {
             committed_events,
             keys,
             log_head,
+            nats_connected,
+            nats_lag_events,
+            nats_lag_seconds,
         }
     }
 }
@@ -136,9 +160,14 @@ impl Metrics {
     }
 
     /// The text exposition format, with gauges set to the given current values.
-    pub fn render(&self, keys: usize, head: u64) -> String {
+    pub fn render(&self, keys: usize, head: u64, nats: Option<(bool, u64, f64)>) -> String {
         self.keys.set(keys as i64);
         self.log_head.set(head as i64);
+        if let Some((connected, lag_events, lag_seconds)) = nats {
+            self.nats_connected.set(i64::from(connected));
+            self.nats_lag_events.set(lag_events as i64);
+            self.nats_lag_seconds.set(lag_seconds);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

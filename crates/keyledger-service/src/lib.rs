@@ -16,6 +16,7 @@
 mod caller;
 mod error;
 pub mod history;
+pub mod outbox;
 pub mod writer;
 
 pub use caller::{Actor, Caller, SCOPE_ADMIN, SCOPE_EVENTS, SCOPE_READ, SCOPE_VERIFY, SCOPE_WRITE};
@@ -171,6 +172,7 @@ struct Inner {
     events: broadcast::Sender<Arc<Envelope>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     stop_flusher: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    outbox: Arc<outbox::OutboxStatus>,
 }
 
 /// The running service. Cheap to clone.
@@ -226,12 +228,18 @@ impl Service {
                 events,
                 threads: Mutex::new(vec![writer_thread, flusher]),
                 stop_flusher: Mutex::new(Some(stop_tx)),
+                outbox: Arc::default(),
             }),
         })
     }
 
     pub fn log(&self) -> &Log {
         &self.inner.log
+    }
+
+    /// The publishing state of the event outbox (NATS).
+    pub fn outbox(&self) -> &Arc<outbox::OutboxStatus> {
+        &self.inner.outbox
     }
 
     /// Live committed envelopes, in seq order.

@@ -326,6 +326,34 @@ impl Log {
         stream_in(&txn, key_id)
     }
 
+    /// A named consumer's position in the log (e.g. the NATS outbox's "published up to"); 0
+    /// when never set.
+    pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let key = format!("cursor:{name}");
+        Ok(match meta.get(key.as_str())? {
+            Some(v) => u64::from_be_bytes(
+                v.value()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt(format!("cursor {name}")))?,
+            ),
+            None => 0,
+        })
+    }
+
+    /// Durably stores a named cursor.
+    pub fn set_cursor(&self, name: &str, seq: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let key = format!("cursor:{name}");
+            meta.insert(key.as_str(), seq.to_be_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// The record stored for a caller-scoped idempotency key, if any.
     pub fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
         let txn = self.db.begin_read()?;

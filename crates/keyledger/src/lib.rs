@@ -26,6 +26,8 @@ pub struct ServeOptions {
     /// The first admin key on an empty log (a well-formed keyledger key); generated if `None`.
     pub bootstrap_key: Option<String>,
     pub signing_key_file: Option<PathBuf>,
+    /// Publish every event to this NATS server's JetStream (`KEYLEDGER` stream).
+    pub nats_url: Option<String>,
 }
 
 impl ServeOptions {
@@ -37,6 +39,7 @@ impl ServeOptions {
             allow_query_key: false,
             bootstrap_key: None,
             signing_key_file: None,
+            nats_url: None,
         }
     }
 }
@@ -51,6 +54,7 @@ pub struct Server {
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
     scheduler: JoinHandle<()>,
+    publisher: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -68,6 +72,9 @@ impl Server {
             Ok(Ok(())) => {}
         }
         self.scheduler.abort();
+        if let Some(p) = self.publisher {
+            let _ = p.await;
+        }
         let service = self.service;
         let _ = tokio::task::spawn_blocking(move || service.shutdown()).await;
     }
@@ -102,6 +109,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .with_context(|| format!("binding {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown_watch = shutdown_rx.clone();
     let app = router(
         service.clone(),
         ServerConfig {
@@ -116,6 +124,13 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         let _ = shutdown_tx.send(true);
     }));
     let scheduler = service.spawn_scheduler(std::time::Duration::from_secs(1));
+    let publisher = opts.nats_url.as_ref().map(|url| {
+        keyledger_nats::spawn_publisher(
+            service.clone(),
+            keyledger_nats::PublisherConfig::new(url.clone()),
+            shutdown_watch.clone(),
+        )
+    });
     tracing::info!(%addr, data_dir = %opts.data_dir.display(), keys = service.key_count(), head = service.head(), "keyledger serving");
     Ok(Server {
         addr,
@@ -124,5 +139,6 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         stop,
         task,
         scheduler,
+        publisher,
     })
 }

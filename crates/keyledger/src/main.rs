@@ -9,6 +9,8 @@ use keyledger_store::SigningKeys;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod tail;
+
 #[derive(Parser)]
 #[command(
     name = "keyledger",
@@ -54,6 +56,9 @@ enum Command {
         /// The first admin key on an empty log (else one is generated and printed once).
         #[arg(long, env = "KEYLEDGER_BOOTSTRAP_KEY", hide_env_values = true)]
         bootstrap_key: Option<String>,
+        /// Publish every event to this NATS server's JetStream (stream `KEYLEDGER`).
+        #[arg(long, env = "KEYLEDGER_NATS_URL")]
+        nats_url: Option<String>,
     },
     /// Rebuild every read model from the log.
     Replay {
@@ -91,6 +96,32 @@ enum EventsCommand {
         data: DataArgs,
         #[arg(long, default_value_t = 0)]
         after: u64,
+    },
+    /// Follow events from the NATS stream.
+    Tail {
+        #[arg(long, env = "KEYLEDGER_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// Subject filter, e.g. `keyledger.keys.acme.>` or `keyledger.keys.*.*.rotated`.
+        #[arg(long, default_value = "keyledger.keys.>")]
+        subject: String,
+        /// `new` (default), `all`, or a stream sequence to start from.
+        #[arg(long, default_value = "new")]
+        from: String,
+        /// Print each envelope as one JSON line.
+        #[arg(long)]
+        json: bool,
+        /// Check each event's hash and signature (and the chain between consecutive events).
+        #[arg(long)]
+        verify: bool,
+        /// Public keys for --verify: a file holding the body of `GET /v1/signing-key` ...
+        #[arg(long)]
+        signing_keys: Option<PathBuf>,
+        /// ... or the service to fetch them from.
+        #[arg(long, env = "KEYLEDGER_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
     },
 }
 
@@ -165,12 +196,14 @@ fn main() -> anyhow::Result<()> {
             listen,
             allow_query_key,
             bootstrap_key,
+            nats_url,
         } => rt.block_on(serve(ServeOptions {
             data_dir: data.data_dir,
             listen,
             allow_query_key,
             bootstrap_key,
             signing_key_file: data.signing_key_file,
+            nats_url,
         })),
         Command::Replay { data } => replay(&data),
         Command::Audit {
@@ -195,6 +228,28 @@ fn main() -> anyhow::Result<()> {
         Command::Events {
             command: EventsCommand::Export { data, after },
         } => export(&data, after),
+        Command::Events {
+            command:
+                EventsCommand::Tail {
+                    nats_url,
+                    subject,
+                    from,
+                    json,
+                    verify,
+                    signing_keys,
+                    url,
+                    limit,
+                },
+        } => rt.block_on(tail::run(tail::Options {
+            nats_url,
+            subject,
+            from,
+            json,
+            verify,
+            signing_keys,
+            url,
+            limit,
+        })),
     }
 }
 

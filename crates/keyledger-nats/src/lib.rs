@@ -1,0 +1,324 @@
+//! # keyledger-nats
+//!
+//! The only crate that knows NATS.
+//!
+//! - [`spawn_publisher`]: the outbox publisher. The log itself is the outbox: the publisher
+//!   reads events after the last one the stream holds, publishes them with pipelined acks to
+//!   `keyledger.keys.<account>.<key_id>.<type>` in the JetStream stream `KEYLEDGER`, and records
+//!   a durable "published up to" cursor. Commands never wait for NATS.
+//! - [`tail`]: follows the stream (for `keyledger events tail`).
+//!
+//! **Exactly once, in order.** Each publish carries `Nats-Msg-Id` (the event id) and
+//! `Nats-Expected-Last-Sequence` (the stream sequence it must follow). The server therefore
+//! stores an event only directly after its predecessor, and never twice. After any failure the
+//! publisher reconnects and resumes after the `Keyledger-Seq` of the stream's last message, so
+//! a crash between publishing and writing the cursor, or an outage of any length, neither
+//! loses nor duplicates an event, independently of the de-duplication window.
+
+use async_nats::jetstream::{self, stream};
+use async_nats::{HeaderMap, HeaderValue};
+use keyledger_service::Service;
+use keyledger_store::Envelope;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+pub const STREAM: &str = "KEYLEDGER";
+pub const SUBJECTS: &str = "keyledger.keys.>";
+/// Name of the log cursor that records what the stream holds.
+pub const CURSOR: &str = "nats";
+
+pub const HEADER_SEQ: &str = "Keyledger-Seq";
+pub const HEADER_HASH: &str = "Keyledger-Hash";
+pub const HEADER_SIGNATURE: &str = "Keyledger-Signature";
+
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    pub url: String,
+    /// Events published before their acks are awaited.
+    pub max_in_flight: usize,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl PublisherConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_in_flight: 1024,
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("connecting to NATS: {0}")]
+    Connect(String),
+    #[error("JetStream stream {STREAM}: {0}")]
+    Stream(String),
+    #[error("publishing: {0}")]
+    Publish(String),
+    #[error("reading the log: {0}")]
+    Log(String),
+}
+
+fn err<E: std::fmt::Display>(f: fn(String) -> NatsError) -> impl Fn(E) -> NatsError {
+    move |e| f(e.to_string())
+}
+
+/// The stream configuration keyledger creates when the stream is missing.
+pub fn stream_config() -> stream::Config {
+    stream::Config {
+        name: STREAM.into(),
+        subjects: vec![SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// Starts the publisher; it runs until `shutdown` becomes `true`.
+pub fn spawn_publisher(
+    service: Service,
+    config: PublisherConfig,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    service.outbox().set_enabled();
+    tokio::spawn(run(service, config, shutdown))
+}
+
+async fn run(service: Service, config: PublisherConfig, mut shutdown: watch::Receiver<bool>) {
+    let status = service.outbox().clone();
+    let mut backoff = Duration::from_millis(100);
+    let mut stalled = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match session(&service, &config, &mut shutdown, &mut stalled).await {
+            Ok(()) => return,
+            Err(e) => {
+                status.set_connected(false);
+                let backlog = service.head().saturating_sub(status.snapshot().published);
+                if !stalled {
+                    tracing::warn!(error = %e, backlog, "publishing to NATS stalled; commands continue, events wait in the log");
+                    stalled = true;
+                } else {
+                    tracing::debug!(error = %e, backlog, "NATS still unavailable");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(config.max_backoff);
+            }
+        }
+    }
+}
+
+/// The seq after which publishing resumes: the `Keyledger-Seq` of the stream's last message.
+async fn resume_point(
+    stream: &mut stream::Stream,
+    cursor: u64,
+) -> Result<(u64, u64), NatsError> {
+    let info = stream.info().await.map_err(err(NatsError::Stream))?;
+    let last = info.state.last_sequence;
+    if info.state.messages == 0 {
+        if cursor > 0 {
+            tracing::warn!(cursor, "the NATS stream is empty but the log says events up to seq {cursor} were published (stream recreated?); publishing from there");
+        }
+        return Ok((cursor, last));
+    }
+    let msg = stream
+        .get_raw_message(last)
+        .await
+        .map_err(err(NatsError::Stream))?;
+    let seq = msg
+        .headers
+        .get(HEADER_SEQ)
+        .and_then(|v| v.as_str().parse().ok())
+        .ok_or_else(|| {
+            NatsError::Stream(format!(
+                "message {last} has no {HEADER_SEQ} header: the stream must hold only keyledger's events"
+            ))
+        })?;
+    Ok((seq, last))
+}
+
+async fn session(
+    service: &Service,
+    config: &PublisherConfig,
+    shutdown: &mut watch::Receiver<bool>,
+    stalled: &mut bool,
+) -> Result<(), NatsError> {
+    let status = service.outbox().clone();
+    let log = service.log().clone();
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(3))
+        .connect(config.url.as_str())
+        .await
+        .map_err(err(NatsError::Connect))?;
+    let js = jetstream::new(client);
+    let mut stream = js
+        .get_or_create_stream(stream_config())
+        .await
+        .map_err(err(NatsError::Stream))?;
+    let cursor = log.cursor(CURSOR).map_err(err(NatsError::Log))?;
+    let (mut published, mut stream_last) = resume_point(&mut stream, cursor).await?;
+    if published != cursor {
+        store_cursor(&log, published).await?;
+    }
+    status.set_connected(true);
+    status.set_published(published);
+    let backlog = service.head().saturating_sub(published);
+    if std::mem::take(stalled) {
+        tracing::info!(from_seq = published + 1, backlog, "publishing to NATS resumed");
+    } else {
+        tracing::info!(from_seq = published + 1, backlog, url = %config.url, "publishing to NATS");
+    }
+    let mut live = service.subscribe();
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let (l, after, n) = (log.clone(), published, config.max_in_flight);
+        let batch = tokio::task::spawn_blocking(move || l.read(after, n))
+            .await
+            .map_err(err(NatsError::Log))?
+            .map_err(err(NatsError::Log))?;
+        let Some(first) = batch.first() else {
+            status.set_oldest_pending(0);
+            tokio::select! {
+                r = live.recv() => if let Err(broadcast::error::RecvError::Closed) = r { return Ok(()) },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+            continue;
+        };
+        status.set_oldest_pending(first.occurred_at.millis());
+        let mut acks = Vec::with_capacity(batch.len());
+        for (i, env) in batch.iter().enumerate() {
+            let ack = js
+                .publish_with_headers(env.subject(), headers(env, stream_last + i as u64), payload(env)?)
+                .await
+                .map_err(err(NatsError::Publish))?;
+            acks.push(ack);
+        }
+        for (env, ack) in batch.iter().zip(acks) {
+            let ack = ack.await.map_err(err(NatsError::Publish))?;
+            stream_last = ack.sequence;
+            published = env.seq;
+        }
+        store_cursor(&log, published).await?;
+        status.set_published(published);
+    }
+}
+
+async fn store_cursor(log: &keyledger_store::Log, seq: u64) -> Result<(), NatsError> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || log.set_cursor(CURSOR, seq))
+        .await
+        .map_err(err(NatsError::Log))?
+        .map_err(err(NatsError::Log))
+}
+
+fn payload(env: &Envelope) -> Result<bytes::Bytes, NatsError> {
+    serde_json::to_vec(env)
+        .map(Into::into)
+        .map_err(err(NatsError::Publish))
+}
+
+/// `Nats-Msg-Id`, `Keyledger-Seq`, `Keyledger-Hash`, `Keyledger-Signature`, and the stream
+/// sequence this message must follow.
+fn headers(env: &Envelope, expected_last: u64) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", HeaderValue::from(env.id.to_string().as_str()));
+    h.insert(
+        "Nats-Expected-Last-Sequence",
+        HeaderValue::from(expected_last.to_string().as_str()),
+    );
+    h.insert(HEADER_SEQ, HeaderValue::from(env.seq.to_string().as_str()));
+    h.insert(HEADER_HASH, HeaderValue::from(env.hash.as_str()));
+    h.insert(HEADER_SIGNATURE, HeaderValue::from(env.signature.as_str()));
+    h
+}
+
+
+/// Where [`tail`] starts in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailFrom {
+    /// Only messages published from now on.
+    New,
+    /// The whole stream.
+    All,
+    /// From this stream sequence on.
+    StreamSeq(u64),
+}
+
+/// One message of the stream.
+#[derive(Debug, Clone)]
+pub struct TailMessage {
+    pub stream_seq: u64,
+    pub subject: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+/// Follows the stream with an ordered consumer on `filter` (a subject under
+/// `keyledger.keys.>`), calling `on_message` until it returns `false`.
+pub async fn tail(
+    url: &str,
+    filter: &str,
+    from: TailFrom,
+    mut on_message: impl FnMut(TailMessage) -> bool,
+) -> Result<(), NatsError> {
+    use futures_util::StreamExt;
+    use jetstream::consumer::{DeliverPolicy, pull};
+    let client = async_nats::connect(url)
+        .await
+        .map_err(err(NatsError::Connect))?;
+    let js = jetstream::new(client);
+    let stream = js
+        .get_stream(STREAM)
+        .await
+        .map_err(err(NatsError::Stream))?;
+    let deliver_policy = match from {
+        TailFrom::New => DeliverPolicy::New,
+        TailFrom::All => DeliverPolicy::All,
+        TailFrom::StreamSeq(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+    };
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(err(NatsError::Stream))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(err(NatsError::Stream))?;
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(err(NatsError::Stream))?;
+        let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let headers = msg
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .flat_map(|(k, vs)| {
+                vs.iter()
+                    .map(move |v| (k.to_string(), v.as_str().to_owned()))
+            })
+            .collect();
+        let m = TailMessage {
+            stream_seq,
+            subject: msg.subject.to_string(),
+            headers,
+            payload: msg.payload.to_vec(),
+        };
+        if !on_message(m) {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -13,7 +13,9 @@
 //!
 //! The test files under `tests/` are grouped by area: `seeds.rs` walks every operation of the
 //! four seed APIs, `auth.rs`, `keys.rs`, `list.rs`, `verify.rs`, `isolation.rs`, `restart.rs`,
-//! `events.rs` and `ops.rs`.
+//! `events.rs`, `stream.rs` (SSE), `nats.rs` (JetStream, with a real nats-server) and `ops.rs`.
+
+pub mod nats;
 
 use keyledger::ServeOptions;
 use keyledger_core::{Secret, Timestamp};
@@ -62,6 +64,8 @@ pub struct Config {
     pub allow_query_key: bool,
     /// `None`: let the server generate the admin key on first start.
     pub bootstrap_key: Option<String>,
+    /// Publish events to this NATS server (see [`nats::NatsServer`]).
+    pub nats_url: Option<String>,
 }
 
 impl Default for Config {
@@ -69,6 +73,7 @@ impl Default for Config {
         Self {
             allow_query_key: false,
             bootstrap_key: Some(admin_key()),
+            nats_url: None,
         }
     }
 }
@@ -127,6 +132,7 @@ impl Harness {
         opts.listen = "127.0.0.1:0".parse().expect("addr");
         opts.allow_query_key = self.config.allow_query_key;
         opts.bootstrap_key = self.config.bootstrap_key.clone();
+        opts.nats_url = self.config.nats_url.clone();
         let server = keyledger::start(opts).await.expect("keyledger starts");
         self.base = format!("http://{}", server.addr);
         self.bootstrap_secret = server.bootstrap_secret.clone();

@@ -116,15 +116,15 @@ async fn run(service: Service, config: PublisherConfig, mut shutdown: watch::Rec
 }
 
 /// The seq after which publishing resumes: the `Keyledger-Seq` of the stream's last message.
-async fn resume_point(
-    stream: &mut stream::Stream,
-    cursor: u64,
-) -> Result<(u64, u64), NatsError> {
+async fn resume_point(stream: &mut stream::Stream, cursor: u64) -> Result<(u64, u64), NatsError> {
     let info = stream.info().await.map_err(err(NatsError::Stream))?;
     let last = info.state.last_sequence;
     if info.state.messages == 0 {
         if cursor > 0 {
-            tracing::warn!(cursor, "the NATS stream is empty but the log says events up to seq {cursor} were published (stream recreated?); publishing from there");
+            tracing::warn!(
+                cursor,
+                "the NATS stream is empty but the log says events up to seq {cursor} were published (stream recreated?); publishing from there"
+            );
         }
         return Ok((cursor, last));
     }
@@ -171,7 +171,11 @@ async fn session(
     status.set_published(published);
     let backlog = service.head().saturating_sub(published);
     if std::mem::take(stalled) {
-        tracing::info!(from_seq = published + 1, backlog, "publishing to NATS resumed");
+        tracing::info!(
+            from_seq = published + 1,
+            backlog,
+            "publishing to NATS resumed"
+        );
     } else {
         tracing::info!(from_seq = published + 1, backlog, url = %config.url, "publishing to NATS");
     }
@@ -198,7 +202,11 @@ async fn session(
         let mut acks = Vec::with_capacity(batch.len());
         for (i, env) in batch.iter().enumerate() {
             let ack = js
-                .publish_with_headers(env.subject(), headers(env, stream_last + i as u64), payload(env)?)
+                .publish_with_headers(
+                    env.subject(),
+                    headers(env, stream_last + i as u64),
+                    payload(env)?,
+                )
                 .await
                 .map_err(err(NatsError::Publish))?;
             acks.push(ack);
@@ -231,7 +239,10 @@ fn payload(env: &Envelope) -> Result<bytes::Bytes, NatsError> {
 /// sequence this message must follow.
 fn headers(env: &Envelope, expected_last: u64) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert("Nats-Msg-Id", HeaderValue::from(env.id.to_string().as_str()));
+    h.insert(
+        "Nats-Msg-Id",
+        HeaderValue::from(env.id.to_string().as_str()),
+    );
     h.insert(
         "Nats-Expected-Last-Sequence",
         HeaderValue::from(expected_last.to_string().as_str()),
@@ -241,7 +252,6 @@ fn headers(env: &Envelope, expected_last: u64) -> HeaderMap {
     h.insert(HEADER_SIGNATURE, HeaderValue::from(env.signature.as_str()));
     h
 }
-
 
 /// Where [`tail`] starts in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,10 +304,7 @@ pub async fn tail(
         })
         .await
         .map_err(err(NatsError::Stream))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(err(NatsError::Stream))?;
+    let mut messages = consumer.messages().await.map_err(err(NatsError::Stream))?;
     while let Some(msg) = messages.next().await {
         let msg = msg.map_err(err(NatsError::Stream))?;
         let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);

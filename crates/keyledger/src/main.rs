@@ -99,7 +99,11 @@ enum EventsCommand {
     },
     /// Follow events from the NATS stream.
     Tail {
-        #[arg(long, env = "KEYLEDGER_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        #[arg(
+            long,
+            env = "KEYLEDGER_NATS_URL",
+            default_value = "nats://127.0.0.1:4222"
+        )]
         nats_url: String,
         /// Subject filter, e.g. `keyledger.keys.acme.>` or `keyledger.keys.*.*.rotated`.
         #[arg(long, default_value = "keyledger.keys.>")]

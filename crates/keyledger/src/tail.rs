@@ -26,8 +26,9 @@ struct Keys {
 
 async fn verifier(opts: &Options) -> anyhow::Result<SignatureVerifier> {
     let body = match &opts.signing_keys {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
         None => {
             let url = format!("{}/v1/signing-key", opts.url.trim_end_matches('/'));
             reqwest::get(&url)
@@ -52,7 +53,12 @@ fn check(
 ) -> Result<(), String> {
     let hash = envelope_hash(env).map_err(|e| e.to_string())?;
     let hex_hash: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    let field = |k: &str| env.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let field = |k: &str| {
+        env.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     if field("hash") != hex_hash {
         return Err("hash does not match the payload".into());
     }

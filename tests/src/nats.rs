@@ -1,0 +1,151 @@
+//! A real `nats-server` with JetStream for the tests: its own free loopback port and store dir,
+//! stopped (or killed) by its PID.
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let mut s = Self {
+            child: None,
+            port: free_port(),
+            store: tempfile::tempdir().expect("store dir"),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH (.ci/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A message of the `KEYLEDGER` stream.
+#[derive(Debug, Clone)]
+pub struct StreamMessage {
+    pub stream_seq: u64,
+    pub subject: String,
+    pub headers: HashMap<String, String>,
+    pub envelope: Value,
+}
+
+/// Reads the whole `KEYLEDGER` stream once it holds at least `count` messages (waits up to
+/// `wait`), with a plain async-nats ordered consumer.
+pub async fn read_stream(url: &str, count: usize, wait: Duration) -> Vec<StreamMessage> {
+    use async_nats::jetstream::{self, consumer::pull};
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let js = jetstream::new(client);
+    let deadline = Instant::now() + wait;
+    let mut stream = loop {
+        match js.get_stream("KEYLEDGER").await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no KEYLEDGER stream: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    loop {
+        let n = stream.info().await.expect("stream info").state.messages as usize;
+        if n >= count {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream holds {n} of {count} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let total = stream.info().await.expect("stream info").state.messages as usize;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig::default())
+        .await
+        .expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("message within 10 s")
+            .expect("stream open")
+            .expect("message");
+        let headers = msg
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.first().map(|v| v.as_str().to_owned()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        out.push(StreamMessage {
+            stream_seq: msg.info().expect("info").stream_sequence,
+            subject: msg.subject.to_string(),
+            headers,
+            envelope: serde_json::from_slice(&msg.payload).expect("JSON payload"),
+        });
+    }
+    out
+}

@@ -1,0 +1,104 @@
+//! A gateway that keeps a local cache of API keys fresh from keyledger's NATS stream.
+//!
+//! It binds a durable JetStream consumer (so a restart resumes where it stopped), checks every
+//! event's hash and ed25519 signature against the public keys of `GET /v1/signing-key`, and
+//! drops cached verifications when a key is updated, rotated, revoked or expires.
+//!
+//! ```text
+//! cargo run -p keyledger-nats --example gateway -- \
+//!     nats://127.0.0.1:4222 http://127.0.0.1:8080 my-gateway [start-seq]
+//! ```
+//! `start-seq` (a stream sequence) applies only when the durable consumer is first created;
+//! without it the consumer starts at the beginning of the stream.
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use futures_util::StreamExt;
+use keyledger_store::envelope::envelope_hash;
+use keyledger_store::{PublicKeyInfo, SignatureVerifier};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let args: Vec<String> = std::env::args().collect();
+    let nats_url = args.get(1).map_or("nats://127.0.0.1:4222", String::as_str);
+    let keyledger = args.get(2).map_or("http://127.0.0.1:8080", String::as_str);
+    let name = args.get(3).map_or("gateway", String::as_str);
+    let start: Option<u64> = args.get(4).and_then(|s| s.parse().ok());
+
+    // 1. The public keys that sign the log (no authentication needed).
+    let body = fetch(&format!("{keyledger}/v1/signing-key")).await?;
+    let keys: Vec<PublicKeyInfo> =
+        serde_json::from_value(serde_json::from_str::<Value>(&body)?["keys"].clone())?;
+    let verifier = SignatureVerifier::from_public(&keys)?;
+
+    // 2. A durable pull consumer on every key event.
+    let js = jetstream::new(async_nats::connect(nats_url).await?);
+    let stream = js.get_stream("KEYLEDGER").await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.to_owned()),
+                filter_subject: "keyledger.keys.>".into(),
+                deliver_policy: start.map_or(DeliverPolicy::All, |start_sequence| {
+                    DeliverPolicy::ByStartSequence { start_sequence }
+                }),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(msg) = messages.next().await {
+        let msg = msg?;
+        let env: Value = serde_json::from_slice(&msg.payload)?;
+        // 3. Trust nothing unverified: recompute the hash, check the signature.
+        let hash = envelope_hash(&env)?;
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let signer = env["signer"].as_str().unwrap_or_default();
+        let signature = env["signature"].as_str().unwrap_or_default();
+        if env["hash"] != hex.as_str() || verifier.verify(signer, &hash, signature).is_err() {
+            eprintln!("REJECTED seq {}: bad hash or signature", env["seq"]);
+            msg.ack().await?;
+            continue;
+        }
+        // 4. React. Everything but a creation invalidates what the gateway cached for the key.
+        let key = env["key_id"].as_str().unwrap_or_default();
+        match env["type"].as_str().unwrap_or_default() {
+            "key.created" => println!("seq {}: new key {key}", env["seq"]),
+            "key.deleted" => println!("seq {}: REVOKE {key} now", env["seq"]),
+            "key.rotated" => println!(
+                "seq {}: {key} rotated; old secret valid until {}",
+                env["seq"], env["data"]["grace_until"]
+            ),
+            other => println!(
+                "seq {}: {other} on {key}: drop cached verification",
+                env["seq"]
+            ),
+        }
+        msg.ack().await?;
+    }
+    Ok(())
+}
+
+/// A minimal HTTP GET (keeps the example free of an HTTP client dependency).
+async fn fetch(url: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(
+        format!(
+            "GET /{} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            path.trim_start_matches('/')
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await?;
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("bad HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET {url}: {}", head.lines().next().unwrap_or_default()).into());
+    }
+    Ok(body.to_owned())
+}

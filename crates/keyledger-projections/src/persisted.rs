@@ -57,7 +57,7 @@ pub fn catch_up(
     rebuild: bool,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, ProjectionError> {
-    let db = log.database();
+    let db = log.database()?;
     let (head, _) = log.head()?;
     let (checkpoint, format) = {
         let txn = db.begin_write().map_err(storage)?;
@@ -119,7 +119,7 @@ pub fn load_all(
     log: &Log,
     mut f: impl FnMut(KeyState, Option<i64>),
 ) -> Result<u64, ProjectionError> {
-    let txn = log.database().begin_read().map_err(storage)?;
+    let txn = log.database()?.begin_read().map_err(storage)?;
     let keys = txn.open_table(KEYS).map_err(storage)?;
     let used = txn.open_table(LAST_USED).map_err(storage)?;
     let meta = txn.open_table(META).map_err(storage)?;
@@ -140,7 +140,7 @@ pub fn store_last_used(log: &Log, values: &[(Uuid, i64)]) -> Result<(), Projecti
     if values.is_empty() {
         return Ok(());
     }
-    let txn = log.database().begin_write().map_err(storage)?;
+    let txn = log.database()?.begin_write().map_err(storage)?;
     {
         let mut t = txn.open_table(LAST_USED).map_err(storage)?;
         for (id, ms) in values {

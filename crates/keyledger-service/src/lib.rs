@@ -185,6 +185,11 @@ impl Service {
     /// Opens the data dir, brings the read models up to the log, starts the writer.
     pub fn open(config: Config) -> Result<Self, OpenError> {
         let log = open_log(&config)?;
+        Self::open_with_log(config, log)
+    }
+
+    /// As [`Service::open`], on an already opened log (e.g. one on a fault-injecting backend).
+    pub fn open_with_log(config: Config, log: Log) -> Result<Self, OpenError> {
         let model = Arc::new(RwLock::new(open_read_model(&log)?));
         let (tx, rx) = mpsc::channel(config.max_batch * 4);
         let (events, _) = broadcast::channel(8192);

@@ -66,6 +66,10 @@ pub struct BatchStats {
 
 pub type BatchObserver = Arc<dyn Fn(BatchStats) + Send + Sync>;
 
+fn unavailable() -> ServiceError {
+    ServiceError::Unavailable("storage is unavailable; nothing was written, retry later".into())
+}
+
 pub(crate) struct Writer {
     pub log: Log,
     pub model: Arc<RwLock<ReadModel>>,
@@ -106,6 +110,16 @@ impl Writer {
     }
 
     fn process(&self, jobs: Vec<Job>) {
+        // After an I/O error the log must be reopened; until that works, writes are refused.
+        if self.log.database().is_err()
+            && let Err(e) = self.log.reopen()
+        {
+            tracing::warn!(error = %e, "storage still unavailable");
+            for job in jobs {
+                let _ = job.reply.send(Err(unavailable()));
+            }
+            return;
+        }
         let started = std::time::Instant::now();
         let now = now();
         // States as this batch leaves them, for commands on the same key later in the batch.
@@ -193,11 +207,12 @@ impl Writer {
             match self.log.append_batch(&requests, &mut KeyTableProjector) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(error = %e, commands = pending.len(), "commit failed");
+                    tracing::error!(error = %e, commands = pending.len(), "commit failed; nothing of this batch was written");
                     for p in pending {
-                        let _ = p.job.reply.send(Err(ServiceError::Unavailable(
-                            "storage is unavailable; nothing was written".into(),
-                        )));
+                        let _ = p.job.reply.send(Err(unavailable()));
+                    }
+                    if let Err(e) = self.log.reopen() {
+                        tracing::warn!(error = %e, "reopening the log failed; will retry with the next command");
                     }
                     return;
                 }

@@ -8,6 +8,7 @@
 //!   time, actor, and its link in the hash chain with an ed25519 signature.
 //! - [`SigningKeys`] / [`SignatureVerifier`]: the keys that sign the chain.
 //! - [`audit::verify_log`]: checks contiguity, chain, hashes and signatures.
+//! - [`faults`]: a storage backend that fails on demand, for tests.
 //! - [`Projector`]: the hook through which read models are updated in the append's own write
 //!   transaction, so that a read model never runs ahead of or behind the durable log.
 //!
@@ -17,11 +18,14 @@
 
 pub mod audit;
 pub mod envelope;
+pub mod faults;
 pub mod log;
 pub mod signing;
 
 pub use envelope::{Envelope, GENESIS_HASH};
-pub use log::{AppendRequest, AppendResult, IdempotencyRecord, Log, NoProjection, Projector};
+pub use log::{
+    AppendRequest, AppendResult, IdempotencyRecord, Log, NoProjection, Opener, Projector,
+};
 pub use signing::{PublicKeyInfo, SignatureVerifier, SigningError, SigningKeys};
 
 use uuid::Uuid;

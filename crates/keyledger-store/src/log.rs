@@ -79,10 +79,18 @@ impl Projector for NoProjection {
 /// The outcome of one request in a batch.
 pub type AppendResult = Result<Vec<Envelope>, AppendError>;
 
+/// Opens the database file; called again to recover after an I/O error.
+pub type Opener = Arc<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
+
 /// The event log. Cheap to clone; clones share the database.
+///
+/// After an I/O error redb refuses every further operation until the database is reopened;
+/// [`Log::reopen`] does that (the writer calls it after a failed commit), so the service
+/// recovers once the fault clears.
 #[derive(Clone)]
 pub struct Log {
-    db: Arc<Database>,
+    db: Arc<parking_lot::RwLock<Option<Arc<Database>>>>,
+    opener: Opener,
     keys: Arc<SigningKeys>,
 }
 
@@ -100,12 +108,13 @@ struct Head {
 impl Log {
     /// Opens (or creates) the log at `path`.
     pub fn open(path: &Path, keys: SigningKeys) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
-        Self::with_database(db, keys)
+        let path = path.to_path_buf();
+        Self::open_with(Arc::new(move || Ok(Database::create(&path)?)), keys)
     }
 
-    /// Uses an already opened database (e.g. one built on a custom storage backend).
-    pub fn with_database(db: Database, keys: SigningKeys) -> Result<Self, StoreError> {
+    /// Opens the log through `opener` (e.g. on a custom storage backend).
+    pub fn open_with(opener: Opener, keys: SigningKeys) -> Result<Self, StoreError> {
+        let db = opener()?;
         let txn = db.begin_write()?;
         txn.open_table(EVENTS)?;
         txn.open_table(STREAM_HEADS)?;
@@ -115,13 +124,44 @@ impl Log {
         txn.open_table(IDEMPOTENCY)?;
         txn.commit()?;
         Ok(Self {
-            db: Arc::new(db),
+            db: Arc::new(parking_lot::RwLock::new(Some(Arc::new(db)))),
+            opener,
             keys: Arc::new(keys),
         })
     }
 
-    pub fn database(&self) -> &Arc<Database> {
-        &self.db
+    /// The open database; an error while it is being reopened after an I/O failure.
+    pub fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.db.read().clone().ok_or_else(|| {
+            StoreError::Storage("the log is being reopened after an I/O error".into())
+        })
+    }
+
+    /// Closes and reopens the database, to recover from an I/O error. Waits (up to ~2 s) for
+    /// readers of the old handle to finish, since the file can be open only once.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write();
+        if let Some(old) = slot.take() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let mut old = Some(old);
+            while let Some(o) = old.take() {
+                match Arc::try_unwrap(o) {
+                    Ok(db) => drop(db),
+                    Err(shared) if std::time::Instant::now() < deadline => {
+                        old = Some(shared);
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(shared) => {
+                        *slot = Some(shared);
+                        return Err(StoreError::Storage(
+                            "cannot reopen the log: the old handle is still in use".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        *slot = Some(Arc::new((self.opener)()?));
+        Ok(())
     }
 
     pub fn signing_keys(&self) -> &SigningKeys {
@@ -136,7 +176,7 @@ impl Log {
         requests: &[AppendRequest],
         projector: &mut dyn Projector,
     ) -> Result<Vec<AppendResult>, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.database()?.begin_write()?;
         let mut results = Vec::with_capacity(requests.len());
         let mut head = read_head(&txn)?;
         let start_seq = head.seq;
@@ -268,7 +308,7 @@ impl Log {
 
     /// The last seq (0 when empty) and its hash.
     pub fn head(&self) -> Result<(u64, String), StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         let meta = txn.open_table(META)?;
         let head = match meta.get("head")? {
             Some(v) => decode_head(v.value())?,
@@ -297,7 +337,7 @@ impl Log {
         after: u64,
         mut f: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         let events = txn.open_table(EVENTS)?;
         for item in events.range(after.saturating_add(1)..)? {
             let (k, v) = item?;
@@ -322,14 +362,14 @@ impl Log {
 
     /// The whole stream of one key, in version order (empty if it has none).
     pub fn stream(&self, key_id: Uuid) -> Result<Vec<Envelope>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         stream_in(&txn, key_id)
     }
 
     /// A named consumer's position in the log (e.g. the NATS outbox's "published up to"); 0
     /// when never set.
     pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         let meta = txn.open_table(META)?;
         let key = format!("cursor:{name}");
         Ok(match meta.get(key.as_str())? {
@@ -344,7 +384,7 @@ impl Log {
 
     /// Durably stores a named cursor.
     pub fn set_cursor(&self, name: &str, seq: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.database()?.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             let key = format!("cursor:{name}");
@@ -356,7 +396,7 @@ impl Log {
 
     /// The record stored for a caller-scoped idempotency key, if any.
     pub fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         let table = txn.open_table(IDEMPOTENCY)?;
         let Some(v) = table.get(key)? else {
             return Ok(None);
@@ -368,7 +408,7 @@ impl Log {
 
     /// The stream's current version (0 when it does not exist).
     pub fn stream_version(&self, key_id: Uuid) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.database()?.begin_read()?;
         let heads = txn.open_table(STREAM_HEADS)?;
         Ok(heads.get(key_id.as_u128())?.map_or(0, |v| v.value()))
     }

@@ -82,6 +82,26 @@ impl Server {
 
 /// Opens the data dir, starts the service and serves HTTP on `opts.listen`.
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
+    let metrics = Arc::new(Metrics::default());
+    let mut config = Config::new(&opts.data_dir);
+    config.signing_key_file = opts.signing_key_file.clone();
+    let observer = metrics.clone();
+    config.on_batch = Some(Arc::new(move |s| observer.batch(s)));
+    let data_dir = opts.data_dir.clone();
+    let service = tokio::task::spawn_blocking(move || Service::open(config))
+        .await
+        .context("opening the data dir")?
+        .with_context(|| format!("opening data dir {}", data_dir.display()))?;
+    start_with(service, metrics, opts).await
+}
+
+/// Serves an already opened service (e.g. one on a fault-injecting storage backend in tests).
+/// `opts.data_dir` and `opts.signing_key_file` are not used.
+pub async fn start_with(
+    service: Service,
+    metrics: Arc<Metrics>,
+    opts: ServeOptions,
+) -> anyhow::Result<Server> {
     let preset = opts
         .bootstrap_key
         .as_deref()
@@ -90,15 +110,6 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
         .map_err(|e| {
             anyhow::anyhow!("KEYLEDGER_BOOTSTRAP_KEY is not a well-formed keyledger key: {e}")
         })?;
-    let metrics = Arc::new(Metrics::default());
-    let mut config = Config::new(&opts.data_dir);
-    config.signing_key_file = opts.signing_key_file.clone();
-    let observer = metrics.clone();
-    config.on_batch = Some(Arc::new(move |s| observer.batch(s)));
-    let service = tokio::task::spawn_blocking(move || Service::open(config))
-        .await
-        .context("opening the data dir")?
-        .with_context(|| format!("opening data dir {}", opts.data_dir.display()))?;
     let bootstrap_secret = service
         .bootstrap(preset)
         .await

@@ -20,3 +20,7 @@ fmt:
 
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
+
+# A long crash loop: the service is SIGKILLed 1000 times under load; invariants checked each time.
+soak iterations="1000":
+    KEYLEDGER_CRASH_ITERATIONS={{iterations}} cargo test --release -p keyledger --test crash

@@ -66,6 +66,12 @@ pub struct Config {
     pub bootstrap_key: Option<String>,
     /// Publish events to this NATS server (see [`nats::NatsServer`]).
     pub nats_url: Option<String>,
+    /// Requests per second per API key.
+    pub key_rate_limit: Option<u32>,
+    /// A client must send its request head within this time.
+    pub header_read_timeout: Option<Duration>,
+    /// Connections one address may hold open.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Default for Config {
@@ -74,6 +80,9 @@ impl Default for Config {
             allow_query_key: false,
             bootstrap_key: Some(admin_key()),
             nats_url: None,
+            key_rate_limit: None,
+            header_read_timeout: None,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -133,6 +142,13 @@ impl Harness {
         opts.allow_query_key = self.config.allow_query_key;
         opts.bootstrap_key = self.config.bootstrap_key.clone();
         opts.nats_url = self.config.nats_url.clone();
+        opts.key_rate_limit = self.config.key_rate_limit;
+        if let Some(t) = self.config.header_read_timeout {
+            opts.limits.header_read_timeout = t;
+        }
+        if let Some(n) = self.config.max_connections_per_ip {
+            opts.limits.max_connections_per_ip = n;
+        }
         let server = keyledger::start(opts).await.expect("keyledger starts");
         self.base = format!("http://{}", server.addr);
         self.bootstrap_secret = server.bootstrap_secret.clone();

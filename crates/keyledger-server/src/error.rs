@@ -21,6 +21,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds, for 429 and 503 answers.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -44,7 +46,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        e
     }
 
     pub fn validation(message: impl Into<String>) -> Self {
@@ -99,6 +109,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

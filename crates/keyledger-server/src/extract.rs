@@ -246,7 +246,33 @@ impl FromRequestParts<AppState> for Auth {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        let (caller, entry) = state.service.authenticate(key.as_deref(), ip)?;
+        let now = std::time::Instant::now();
+        // A client that keeps presenting bad keys is slowed down before any lookup.
+        if let Some(ip) = ip
+            && let Some(wait) = state.limits.failed_auth.blocked(&ip, now)
+        {
+            return Err(ApiError::rate_limited(
+                "too many failed authentication attempts from this address",
+                wait,
+            ));
+        }
+        let (caller, entry) = match state.service.authenticate(key.as_deref(), ip) {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let (Some(ip), true) = (ip, key.is_some()) {
+                    let _ = state.limits.failed_auth.take(&ip, now);
+                }
+                return Err(e.into());
+            }
+        };
+        if let Some(per_key) = &state.limits.per_key
+            && let Err(wait) = per_key.take(&caller.key_id, now)
+        {
+            return Err(ApiError::rate_limited(
+                "rate limit of this API key exceeded",
+                wait,
+            ));
+        }
         Ok(Auth { caller, entry })
     }
 }

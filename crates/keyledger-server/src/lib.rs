@@ -18,7 +18,9 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod handlers;
+pub mod limit;
 pub mod metrics;
+pub mod serve;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -28,8 +30,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::{ApiError, REQUEST_ID};
 use keyledger_service::Service;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use utoipa::OpenApi;
@@ -44,12 +44,39 @@ pub struct AppState {
     pub allow_query_key: bool,
     /// Becomes `true` when the server shuts down: ends the live event streams.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub limits: Arc<RateLimits>,
 }
 
-#[derive(Clone, Debug, Default)]
+/// The rate limiters of a running server.
+#[derive(Debug)]
+pub struct RateLimits {
+    /// Failed authentications per client IP.
+    pub failed_auth: limit::RateLimiter<std::net::IpAddr>,
+    /// Requests per API key, when configured.
+    pub per_key: Option<limit::RateLimiter<uuid::Uuid>>,
+}
+
+#[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Accept `?apikey=` (keys in URLs end up in logs; off by default).
     pub allow_query_key: bool,
+    /// Failed authentications an IP may make in a burst; then one more per second.
+    pub failed_auth_burst: u32,
+    /// Requests per second each API key may make (burst: twice that); `None`: unlimited.
+    pub key_rate_limit: Option<u32>,
+    /// Longest time to receive a request and produce its response head.
+    pub request_timeout: std::time::Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            allow_query_key: false,
+            failed_auth_burst: 20,
+            key_rate_limit: None,
+            request_timeout: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(OpenApi)]
@@ -86,12 +113,20 @@ pub fn router(
     metrics: Arc<metrics::Metrics>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Router {
+    let limits = RateLimits {
+        failed_auth: limit::RateLimiter::new(config.failed_auth_burst, 1.0),
+        per_key: config
+            .key_rate_limit
+            .map(|rps| limit::RateLimiter::new(rps.saturating_mul(2), f64::from(rps))),
+    };
     let state = AppState {
         service,
         metrics,
         allow_query_key: config.allow_query_key,
         shutdown,
+        limits: Arc::new(limits),
     };
+    let request_timeout = config.request_timeout;
     Router::new()
         .route(
             "/v1/keys",
@@ -118,8 +153,24 @@ pub fn router(
         .fallback(handlers::not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            time_limit(request_timeout, req, next)
+        }))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// A request whose body trickles in too slowly, or whose handler hangs, gets 408.
+async fn time_limit(limit: std::time::Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took too long to arrive or to answer",
+        )
+        .into_response(),
+    }
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -176,16 +227,4 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     resp
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains in-flight requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
+pub use serve::{Limits, load_tls, serve};

@@ -8,7 +8,7 @@
 use anyhow::Context;
 use keyledger_core::Secret;
 use keyledger_server::metrics::Metrics;
-use keyledger_server::{ServerConfig, router, serve};
+use keyledger_server::{Limits, ServerConfig, router, serve};
 use keyledger_service::{Config, Service};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +28,12 @@ pub struct ServeOptions {
     pub signing_key_file: Option<PathBuf>,
     /// Publish every event to this NATS server's JetStream (`KEYLEDGER` stream).
     pub nats_url: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain and private key.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Requests per second each API key may make; `None`: unlimited.
+    pub key_rate_limit: Option<u32>,
+    /// Connection-level limits (header read timeout, connection cap).
+    pub limits: Limits,
 }
 
 impl ServeOptions {
@@ -40,6 +46,9 @@ impl ServeOptions {
             bootstrap_key: None,
             signing_key_file: None,
             nats_url: None,
+            tls: None,
+            key_rate_limit: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -115,6 +124,11 @@ pub async fn start_with(
         .await
         .context("creating the bootstrap admin key")?
         .map(|s| s.expose().to_owned());
+    let tls = opts
+        .tls
+        .as_ref()
+        .map(|(cert, key)| keyledger_server::load_tls(cert, key))
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
@@ -125,15 +139,18 @@ pub async fn start_with(
         service.clone(),
         ServerConfig {
             allow_query_key: opts.allow_query_key,
+            key_rate_limit: opts.key_rate_limit,
+            ..ServerConfig::default()
         },
         metrics,
         shutdown_rx,
     );
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, app, async move {
+    let shutdown = async move {
         let _ = stopped.await;
         let _ = shutdown_tx.send(true);
-    }));
+    };
+    let task = tokio::spawn(serve(listener, app, shutdown, opts.limits.clone(), tls));
     let scheduler = service.spawn_scheduler(std::time::Duration::from_secs(1));
     let publisher = opts.nats_url.as_ref().map(|url| {
         keyledger_nats::spawn_publisher(

@@ -59,6 +59,15 @@ enum Command {
         /// Publish every event to this NATS server's JetStream (stream `KEYLEDGER`).
         #[arg(long, env = "KEYLEDGER_NATS_URL")]
         nats_url: Option<String>,
+        /// Serve HTTPS: PEM certificate chain (with --tls-key).
+        #[arg(long, env = "KEYLEDGER_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Serve HTTPS: PEM private key (with --tls-cert).
+        #[arg(long, env = "KEYLEDGER_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Requests per second each API key may make (burst: twice that); 429 beyond.
+        #[arg(long, env = "KEYLEDGER_KEY_RATE_LIMIT")]
+        key_rate_limit: Option<u32>,
     },
     /// Rebuild every read model from the log.
     Replay {
@@ -201,6 +210,9 @@ fn main() -> anyhow::Result<()> {
             allow_query_key,
             bootstrap_key,
             nats_url,
+            tls_cert,
+            tls_key,
+            key_rate_limit,
         } => rt.block_on(serve(ServeOptions {
             data_dir: data.data_dir,
             listen,
@@ -208,6 +220,9 @@ fn main() -> anyhow::Result<()> {
             bootstrap_key,
             signing_key_file: data.signing_key_file,
             nats_url,
+            tls: tls_cert.zip(tls_key),
+            key_rate_limit,
+            limits: keyledger_server::Limits::default(),
         })),
         Command::Replay { data } => replay(&data),
         Command::Audit {
@@ -258,13 +273,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let server = start(opts).await?;
     if let Some(secret) = &server.bootstrap_secret {
         eprintln!(
             "\nkeyledger: created the bootstrap admin key. It is shown this once; store it now:\n\n    {secret}\n"
         );
     }
-    eprintln!("keyledger: listening on http://{}", server.addr);
+    eprintln!("keyledger: listening on {scheme}://{}", server.addr);
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;

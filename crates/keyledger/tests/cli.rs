@@ -170,25 +170,50 @@ struct Served {
 
 /// Starts `keyledger serve` on an ephemeral port and reads stderr up to "listening on".
 fn serve(dir: &Path) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyledger"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+    serve_with(dir, &[], &[], None)
+}
+
+/// As [`serve`], with extra arguments and environment; all stderr lines are also sent to `log`.
+fn serve_with(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: Option<std::sync::mpsc::Sender<String>>,
+) -> Served {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyledger"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
+        .args(args)
         .env("KEYLEDGER_LOG", "warn")
         .env_remove("KEYLEDGER_BOOTSTRAP_KEY")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut stderr = Vec::new();
     let addr = loop {
         let line = lines.next().expect("serve exited early").unwrap();
-        if let Some(a) = line.strip_prefix("keyledger: listening on http://") {
+        if let Some(log) = &log {
+            let _ = log.send(line.clone());
+        }
+        let listening = line
+            .strip_prefix("keyledger: listening on http://")
+            .or_else(|| line.strip_prefix("keyledger: listening on https://"));
+        if let Some(a) = listening {
             break a.trim().parse().unwrap();
         }
         stderr.push(line);
     };
     // Keep draining stderr so that the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+    std::thread::spawn(move || {
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some(log) = &log {
+                let _ = log.send(line);
+            }
+        }
+    });
     Served {
         child,
         addr,
@@ -350,4 +375,153 @@ fn the_python_verifier_checks_a_log_the_service_produced() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "seq 3: hash does not match the event's canonical bytes"
     );
+}
+
+#[test]
+fn serve_speaks_tls_with_a_given_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let data = dir.path().join("data");
+    let served = serve_with(
+        &data,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    let key_line = bootstrap_key(&served.stderr).unwrap();
+    let url = format!("https://127.0.0.1:{}/v1/me", served.addr.port());
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert", cert.to_str().unwrap(), "-H"])
+        .arg(format!("Authorization: Bearer {key_line}"))
+        .arg(&url)
+        .output()
+        .expect("curl on PATH");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(body.contains("\"admin\""), "{body}");
+    // Plain HTTP on the TLS port is refused.
+    let plain = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{}/healthz", served.addr.port()))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+    served.stop();
+}
+
+/// Runs every kind of request with the most verbose logging, then scans every log line for
+/// secrets, secret hashes and the signing key.
+#[test]
+fn no_secret_hash_or_signing_key_appears_in_any_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = keyledger_core::Secret::generate("kl", &[42; 32]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let served = serve_with(
+        dir.path(),
+        &[],
+        &[
+            ("KEYLEDGER_LOG", "trace"),
+            ("KEYLEDGER_BOOTSTRAP_KEY", admin.expose()),
+        ],
+        Some(tx),
+    );
+    let a = served.addr;
+    let key = admin.expose();
+    let mut secrets = vec![key.to_owned()];
+    let (_, created) = http(
+        a,
+        "POST",
+        "/v1/keys",
+        key,
+        Some(r#"{"name":"logged","scopes":["keys:verify"]}"#),
+    );
+    let created: Value = serde_json::from_str(&created).unwrap();
+    secrets.push(created["secret"].as_str().unwrap().to_owned());
+    let id = created["key"]["id"].as_str().unwrap().to_owned();
+    let (_, reset) = http(
+        a,
+        "POST",
+        &format!("/v1/keys/{id}/reset"),
+        key,
+        Some(r#"{"grace_seconds":5}"#),
+    );
+    let reset: Value = serde_json::from_str(&reset).unwrap();
+    secrets.push(reset["secret"].as_str().unwrap().to_owned());
+    let verify = format!(r#"{{"key":"{}"}}"#, secrets[2]);
+    http(a, "POST", "/v1/verify", key, Some(&verify));
+    http(a, "GET", "/v1/me", &secrets[2], None);
+    let wrong = keyledger_core::Secret::generate("kl", &[43; 32]);
+    secrets.push(wrong.expose().to_owned());
+    http(a, "GET", "/v1/me", wrong.expose(), None);
+    http(
+        a,
+        "GET",
+        &format!("/v1/keys?apikey={}", secrets[1]),
+        key,
+        None,
+    );
+    http(a, "GET", "/v1/events", key, None);
+    http(a, "DELETE", &format!("/v1/keys/{id}"), key, None);
+    served.stop();
+
+    let signing = std::fs::read_to_string(dir.path().join("signing-keys.json")).unwrap();
+    let signing: Value = serde_json::from_str(&signing).unwrap();
+    let mut needles: Vec<String> = signing["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["secret_key"].as_str().unwrap().to_owned())
+        .collect();
+    for s in &secrets {
+        needles.push(s.clone());
+        needles.push(keyledger_core::SecretHash::of(s).to_hex());
+        // The random part alone, too (a log line might strip the prefix).
+        needles.push(s[3..].to_owned());
+    }
+    // The sender goes away when the child's stderr reaches EOF.
+    let lines: Vec<String> = rx.iter().collect();
+    let requests = lines.iter().filter(|l| l.contains("request_id")).count();
+    assert!(
+        requests >= 8,
+        "every request is logged at trace level: {lines:#?}"
+    );
+    for line in &lines {
+        for n in &needles {
+            assert!(
+                !line.contains(n.as_str()),
+                "a log line leaks a secret: {line}"
+            );
+        }
+    }
 }

@@ -40,6 +40,36 @@ impl Event {
         }
     }
 
+    /// Serializes only the type-specific payload (the envelope's `data`).
+    pub fn serialize_data<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Event::Created(d) => d.serialize(s),
+            Event::Updated(d) => d.serialize(s),
+            Event::Rotated(d) => d.serialize(s),
+            Event::Deleted(d) => d.serialize(s),
+            Event::Expired(d) => d.serialize(s),
+            Event::RotationEnded(d) => d.serialize(s),
+        }
+    }
+
+    /// Parses the payload of an event of type `type_name` from its JSON text.
+    pub fn from_data(type_name: &str, data: &str) -> Result<Self, serde_json::Error> {
+        use serde::de::Error;
+        Ok(match type_name {
+            "key.created" => Event::Created(serde_json::from_str(data)?),
+            "key.updated" => Event::Updated(serde_json::from_str(data)?),
+            "key.rotated" => Event::Rotated(serde_json::from_str(data)?),
+            "key.deleted" => Event::Deleted(serde_json::from_str(data)?),
+            "key.expired" => Event::Expired(serde_json::from_str(data)?),
+            "key.rotation_ended" => Event::RotationEnded(serde_json::from_str(data)?),
+            other => {
+                return Err(serde_json::Error::custom(format!(
+                    "unknown event type `{other}`"
+                )));
+            }
+        })
+    }
+
     pub const ALL_TYPES: [&'static str; 6] = [
         "key.created",
         "key.updated",

@@ -78,15 +78,10 @@ pub fn catch_up(
         txn.commit().map_err(storage)?;
         out
     };
-    let from = if rebuild || format != FORMAT || checkpoint > head {
-        let txn = db.begin_write().map_err(storage)?;
-        txn.delete_table(KEYS).map_err(storage)?;
-        txn.open_table(KEYS).map_err(storage)?;
-        txn.commit().map_err(storage)?;
-        0
-    } else {
-        checkpoint
-    };
+    if rebuild || format != FORMAT || checkpoint > head || (checkpoint == 0 && head > 0) {
+        return rebuild_all(log, head, progress);
+    }
+    let from = checkpoint;
     if from == head {
         return Ok(0);
     }
@@ -111,6 +106,51 @@ pub fn catch_up(
         progress(applied, total);
         after = last;
     }
+    Ok(applied)
+}
+
+/// Folds the whole log in memory, then writes the table in one transaction, in key order.
+/// Much faster than applying event by event: each key is encoded and written once.
+fn rebuild_all(
+    log: &Log,
+    head: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, ProjectionError> {
+    let mut states: std::collections::HashMap<Uuid, KeyState> = std::collections::HashMap::new();
+    let mut applied = 0u64;
+    let mut last = 0u64;
+    log.for_each(0, |env| {
+        let prev = states.remove(&env.key_id);
+        states.insert(
+            env.key_id,
+            evolve(prev, env.key_id, env.occurred_at, &env.event),
+        );
+        applied += 1;
+        last = env.seq;
+        if applied % 65_536 == 0 {
+            progress(applied, head);
+        }
+        Ok(())
+    })?;
+    let mut ordered: Vec<(Uuid, KeyState)> = states.into_iter().collect();
+    ordered.sort_unstable_by_key(|(id, _)| *id);
+    let txn = log.database()?.begin_write().map_err(storage)?;
+    txn.delete_table(KEYS).map_err(storage)?;
+    {
+        let mut table = txn.open_table(KEYS).map_err(storage)?;
+        let mut buf = Vec::with_capacity(1024);
+        for (id, state) in &ordered {
+            buf.clear();
+            serde_json::to_writer(&mut buf, state)
+                .map_err(|e| StoreError::Encode(e.to_string()))?;
+            table
+                .insert(id.as_u128(), buf.as_slice())
+                .map_err(storage)?;
+        }
+    }
+    KeyTableProjector.finish(&txn, last)?;
+    txn.commit().map_err(storage)?;
+    progress(applied, head);
     Ok(applied)
 }
 

@@ -11,11 +11,14 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 
 /// One event as stored in the log and published: the domain event plus its position, its
 /// author, and its link in the signed hash chain.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Serialized by hand (see the wire structs below) as the members of docs/EVENTS.md, with the
+/// event's `type` and `data` side by side; decoding parses `data` straight into the type's
+/// struct, without an intermediate tree.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     pub seq: u64,
     pub id: Uuid,
-    #[serde(flatten)]
     pub event: Event,
     pub schema: u32,
     pub key_id: Uuid,
@@ -27,6 +30,97 @@ pub struct Envelope {
     pub hash: String,
     pub signature: String,
     pub signer: String,
+}
+
+struct Data<'a>(&'a Event);
+
+impl Serialize for Data<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_data(s)
+    }
+}
+
+#[derive(Serialize)]
+struct WireOut<'a> {
+    seq: u64,
+    id: Uuid,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    data: Data<'a>,
+    schema: u32,
+    key_id: Uuid,
+    account: &'a str,
+    version: u64,
+    occurred_at: Timestamp,
+    actor: &'a str,
+    prev_hash: &'a str,
+    hash: &'a str,
+    signature: &'a str,
+    signer: &'a str,
+}
+
+#[derive(Deserialize)]
+struct WireIn {
+    seq: u64,
+    id: Uuid,
+    #[serde(rename = "type")]
+    event_type: String,
+    data: Box<serde_json::value::RawValue>,
+    schema: u32,
+    key_id: Uuid,
+    account: String,
+    version: u64,
+    occurred_at: Timestamp,
+    actor: String,
+    prev_hash: String,
+    hash: String,
+    signature: String,
+    signer: String,
+}
+
+impl Serialize for Envelope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireOut {
+            seq: self.seq,
+            id: self.id,
+            event_type: self.event.type_name(),
+            data: Data(&self.event),
+            schema: self.schema,
+            key_id: self.key_id,
+            account: &self.account,
+            version: self.version,
+            occurred_at: self.occurred_at,
+            actor: &self.actor,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+            signature: &self.signature,
+            signer: &self.signer,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = WireIn::deserialize(d)?;
+        let event =
+            Event::from_data(&w.event_type, w.data.get()).map_err(serde::de::Error::custom)?;
+        Ok(Self {
+            seq: w.seq,
+            id: w.id,
+            event,
+            schema: w.schema,
+            key_id: w.key_id,
+            account: w.account,
+            version: w.version,
+            occurred_at: w.occurred_at,
+            actor: w.actor,
+            prev_hash: w.prev_hash,
+            hash: w.hash,
+            signature: w.signature,
+            signer: w.signer,
+        })
+    }
 }
 
 impl Envelope {

@@ -18,6 +18,8 @@ pub struct RateLimiter<K> {
     burst: f64,
     per_second: f64,
     buckets: Mutex<HashMap<K, Bucket>>,
+    /// Whether any bucket exists: lets the common case skip the lock.
+    tracking: std::sync::atomic::AtomicBool,
 }
 
 const MAX_TRACKED: usize = 100_000;
@@ -28,6 +30,7 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
             burst: f64::from(burst.max(1)),
             per_second: per_second.max(0.001),
             buckets: Mutex::new(HashMap::new()),
+            tracking: false.into(),
         }
     }
 
@@ -45,6 +48,8 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
     pub fn take(&self, key: &K, now: Instant) -> Result<(), Duration> {
         let mut map = self.buckets.lock();
         self.evict_if_large(&mut map, now);
+        self.tracking
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let b = map.entry(key.clone()).or_insert(Bucket {
             tokens: self.burst,
             at: now,
@@ -60,6 +65,9 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
 
     /// `Some(wait)` while `key` has no token left, without taking one.
     pub fn blocked(&self, key: &K, now: Instant) -> Option<Duration> {
+        if !self.tracking.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         let mut map = self.buckets.lock();
         let b = map.get_mut(key)?;
         self.refill(b, now);

@@ -106,6 +106,38 @@ pub struct CreateKeyRequest {
     pub prefix: Option<String>,
 }
 
+impl From<CreateKeyRequest> for keyledger_service::CreateKey {
+    fn from(r: CreateKeyRequest) -> Self {
+        Self {
+            name: r.name,
+            account: r.account,
+            owner: r.owner,
+            role: r.role,
+            scopes: r.scopes,
+            allowed_ips: r.allowed_ips,
+            enabled: r.enabled,
+            expires_at: r.expires_at,
+            metadata: r.metadata,
+            prefix: r.prefix,
+        }
+    }
+}
+
+impl From<UpdateKeyRequest> for keyledger_core::KeyPatch {
+    fn from(r: UpdateKeyRequest) -> Self {
+        Self {
+            name: r.name,
+            owner: r.owner,
+            role: r.role,
+            scopes: r.scopes,
+            allowed_ips: r.allowed_ips,
+            enabled: r.enabled,
+            expires_at: r.expires_at,
+            metadata: r.metadata,
+        }
+    }
+}
+
 /// Absent fields stay unchanged; `null` clears `owner`, `role` and `expires_at`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -10,10 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use keyledger_core::KeyPatch;
-use keyledger_service::{
-    AsOf, CreateKey, Cursor, ListQuery, SCOPE_VERIFY, SortField, SortValue, VerifyCode,
-};
+use keyledger_service::{AsOf, Cursor, ListQuery, SCOPE_VERIFY, SortField, SortValue, VerifyCode};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use uuid::Uuid;
@@ -55,19 +52,7 @@ pub async fn create_key(
     auth: Auth,
     JsonBody(req, idem): JsonBody<CreateKeyRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let input = CreateKey {
-        name: req.name,
-        account: req.account,
-        owner: req.owner,
-        role: req.role,
-        scopes: req.scopes,
-        allowed_ips: req.allowed_ips,
-        enabled: req.enabled,
-        expires_at: req.expires_at,
-        metadata: req.metadata,
-        prefix: req.prefix,
-    };
-    let (committed, secret) = st.service.create(&auth.actor(), input, idem).await?;
+    let (committed, secret) = st.service.create(&auth.actor(), req.into(), idem).await?;
     let mut headers = replay_header(committed.replayed);
     headers.insert(header::ETAG, etag(committed.entry.state.version));
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/keys/{}", committed.entry.state.id)) {
@@ -221,19 +206,9 @@ pub async fn update_key(
     IfMatch(if_version): IfMatch,
     JsonBody(req, idem): JsonBody<UpdateKeyRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let patch = KeyPatch {
-        name: req.name,
-        owner: req.owner,
-        role: req.role,
-        scopes: req.scopes,
-        allowed_ips: req.allowed_ips,
-        enabled: req.enabled,
-        expires_at: req.expires_at,
-        metadata: req.metadata,
-    };
     let c = st
         .service
-        .update(&auth.actor(), parse_id(&id)?, patch, if_version, idem)
+        .update(&auth.actor(), parse_id(&id)?, req.into(), if_version, idem)
         .await?;
     Ok((
         replay_header(c.replayed),

@@ -107,35 +107,7 @@ enum EventsCommand {
         after: u64,
     },
     /// Follow events from the NATS stream.
-    Tail {
-        #[arg(
-            long,
-            env = "KEYLEDGER_NATS_URL",
-            default_value = "nats://127.0.0.1:4222"
-        )]
-        nats_url: String,
-        /// Subject filter, e.g. `keyledger.keys.acme.>` or `keyledger.keys.*.*.rotated`.
-        #[arg(long, default_value = "keyledger.keys.>")]
-        subject: String,
-        /// `new` (default), `all`, or a stream sequence to start from.
-        #[arg(long, default_value = "new")]
-        from: String,
-        /// Print each envelope as one JSON line.
-        #[arg(long)]
-        json: bool,
-        /// Check each event's hash and signature (and the chain between consecutive events).
-        #[arg(long)]
-        verify: bool,
-        /// Public keys for --verify: a file holding the body of `GET /v1/signing-key` ...
-        #[arg(long)]
-        signing_keys: Option<PathBuf>,
-        /// ... or the service to fetch them from.
-        #[arg(long, env = "KEYLEDGER_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// Stop after this many events.
-        #[arg(long)]
-        limit: Option<u64>,
-    },
+    Tail(tail::Options),
 }
 
 #[derive(Subcommand)]
@@ -249,27 +221,8 @@ fn main() -> anyhow::Result<()> {
             command: EventsCommand::Export { data, after },
         } => export(&data, after),
         Command::Events {
-            command:
-                EventsCommand::Tail {
-                    nats_url,
-                    subject,
-                    from,
-                    json,
-                    verify,
-                    signing_keys,
-                    url,
-                    limit,
-                },
-        } => rt.block_on(tail::run(tail::Options {
-            nats_url,
-            subject,
-            from,
-            json,
-            verify,
-            signing_keys,
-            url,
-            limit,
-        })),
+            command: EventsCommand::Tail(opts),
+        } => rt.block_on(tail::run(opts)),
     }
 }
 

@@ -8,14 +8,34 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::path::PathBuf;
 
+#[derive(clap::Args)]
 pub struct Options {
+    #[arg(
+        long,
+        env = "KEYLEDGER_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
+    /// Subject filter, e.g. `keyledger.keys.acme.>` or `keyledger.keys.*.*.rotated`.
+    #[arg(long, default_value = "keyledger.keys.>")]
     pub subject: String,
+    /// `new` (default), `all`, or a stream sequence to start from.
+    #[arg(long, default_value = "new")]
     pub from: String,
+    /// Print each envelope as one JSON line.
+    #[arg(long)]
     pub json: bool,
+    /// Check each event's hash and signature (and the chain between consecutive events).
+    #[arg(long)]
     pub verify: bool,
+    /// Public keys for --verify: a file holding the body of `GET /v1/signing-key` ...
+    #[arg(long)]
     pub signing_keys: Option<PathBuf>,
+    /// ... or the service to fetch them from.
+    #[arg(long, env = "KEYLEDGER_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Stop after this many events.
+    #[arg(long)]
     pub limit: Option<u64>,
 }
 

@@ -26,8 +26,14 @@ impl Timestamp {
     }
 
     /// Parses any RFC 3339 date-time (any offset) and normalises it to UTC milliseconds.
+    /// Instants outside the years 0000..=9999 in UTC are refused: they could not be written
+    /// back in the same form.
     pub fn parse_rfc3339(s: &str) -> Result<Self, TimestampError> {
         let dt = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| TimestampError)?;
+        // 0000-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z, in Unix seconds.
+        if !(-62_167_219_200..=253_402_300_799).contains(&dt.unix_timestamp()) {
+            return Err(TimestampError);
+        }
         let ms = dt.unix_timestamp_nanos() / 1_000_000;
         i64::try_from(ms).map(Self).map_err(|_| TimestampError)
     }
@@ -51,7 +57,9 @@ impl Timestamp {
 
 /// A string that is not an RFC 3339 date-time in the supported range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("not an RFC 3339 date-time (e.g. 2030-01-31T12:00:00Z)")]
+#[error(
+    "not an RFC 3339 date-time between the years 0000 and 9999 UTC (e.g. 2030-01-31T12:00:00Z)"
+)]
 pub struct TimestampError;
 
 impl fmt::Display for Timestamp {

@@ -136,11 +136,34 @@ pub fn metadata(value: Option<&Value>) -> Result<Map<String, Value>, DomainError
                     "metadata",
                     format!("at most {MAX_METADATA_BYTES} bytes as JSON"),
                 ))
+            } else if !map.values().all(exact_as_double) {
+                // The event hash reads numbers as IEEE doubles (RFC 8785): a larger integer
+                // could be altered without changing the hash.
+                Err(invalid(
+                    "metadata",
+                    format!("integers must lie within ±{MAX_SAFE_INTEGER}"),
+                ))
             } else {
                 Ok(map.clone())
             }
         }
         Some(_) => Err(invalid("metadata", "must be a JSON object")),
+    }
+}
+
+/// 2^53 − 1: the largest integer every JSON implementation reads exactly.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+fn exact_as_double(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => {
+            n.as_u64().is_none_or(|u| u <= MAX_SAFE_INTEGER)
+                && n.as_i64()
+                    .is_none_or(|i| i.unsigned_abs() <= MAX_SAFE_INTEGER)
+        }
+        Value::Array(a) => a.iter().all(exact_as_double),
+        Value::Object(o) => o.values().all(exact_as_double),
+        _ => true,
     }
 }
 

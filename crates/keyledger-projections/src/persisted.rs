@@ -127,7 +127,7 @@ fn rebuild_all(
         );
         applied += 1;
         last = env.seq;
-        if applied % 65_536 == 0 {
+        if applied.is_multiple_of(65_536) {
             progress(applied, head);
         }
         Ok(())

@@ -66,7 +66,7 @@ fn check_type(t: &Option<String>) -> Result<(), ApiError> {
 /// The event log, in seq order.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventParams),
     responses((status = 200, body = EventPage), (status = 400, body = ErrorBody),
-              (status = 403, body = ErrorBody)),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_events(
     State(st): State<AppState>,
@@ -97,7 +97,8 @@ pub async fn list_events(
 /// A key's full history, also after its revocation.
 #[utoipa::path(get, path = "/v1/keys/{id}/events", tag = "events",
     params(("id" = uuid::Uuid, Path, description = "key id")),
-    responses((status = 200, body = KeyEvents), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = KeyEvents), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn key_events(
     State(st): State<AppState>,

@@ -101,7 +101,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             }
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(JsonBody(parse(b"{}")?, fingerprint(b"{}")?));
+            return Ok(JsonBody(parse_body(b"")?, fingerprint(b"{}")?));
         }
         if is_json != Some(true) {
             return Err(ApiError::new(
@@ -110,7 +110,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 "Content-Type must be application/json",
             ));
         }
-        let value = parse(&bytes)?;
+        let value = parse_body(&bytes)?;
         let canonical = if wants_idempotency {
             // Same JSON, same fingerprint: key order and whitespace do not matter.
             let v: serde_json::Value = serde_json::from_slice(&bytes)
@@ -121,6 +121,30 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         };
         Ok(JsonBody(value, fingerprint(&canonical)?))
     }
+}
+
+/// Parses a request body as the server does: a blank body reads as `{}`; anything but a JSON
+/// object is refused (serde would otherwise fill a struct from an array, by position); syntax
+/// errors are `invalid_json`; unknown, missing or ill-typed fields are `validation_failed`,
+/// naming the field.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return parse(b"{}"),
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                    Ok(_) => ApiError::validation("body: must be a JSON object"),
+                    Err(e) => ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_json",
+                        format!("body is not valid JSON: {e}"),
+                    ),
+                },
+            );
+        }
+    }
+    parse(bytes)
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

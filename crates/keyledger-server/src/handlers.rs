@@ -45,7 +45,9 @@ fn with_etag<T: Serialize>(version: u64, body: T) -> impl IntoResponse {
 /// Create a key. The response is the only time the secret is shown (besides a reset).
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKeyRequest,
     responses((status = 201, body = KeyWithSecret), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_key(
     State(st): State<AppState>,
@@ -168,7 +170,9 @@ pub async fn list_keys(
 /// One key; `ETag` is its version.
 #[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys",
     params(("id" = Uuid, Path, description = "key id"), GetParams),
-    responses((status = 200, body = KeyResource), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = KeyResource), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_key(
     State(st): State<AppState>,
@@ -196,8 +200,10 @@ pub async fn get_key(
     params(("id" = Uuid, Path, description = "key id"),
            ("If-Match" = Option<String>, Header, description = "expected version, quoted")),
     responses((status = 200, body = KeyResource), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 412, body = ErrorBody)),
+              (status = 412, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_key(
     State(st): State<AppState>,
@@ -220,7 +226,10 @@ pub async fn update_key(
 #[utoipa::path(post, path = "/v1/keys/{id}/reset", tag = "keys", request_body(content = Option<ResetKeyRequest>),
     params(("id" = Uuid, Path, description = "key id")),
     responses((status = 200, body = KeyWithSecret), (status = 400, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 412, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn reset_key(
     State(st): State<AppState>,
@@ -254,7 +263,10 @@ pub async fn reset_key(
 /// Revoke a key for good: verification fails at once.
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys",
     params(("id" = Uuid, Path, description = "key id")),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+              (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete_key(
     State(st): State<AppState>,
@@ -281,7 +293,8 @@ pub async fn me(auth: Auth) -> impl IntoResponse {
 /// Verify a presented key. Always 200; `code` says why a key is not valid.
 #[utoipa::path(post, path = "/v1/verify", tag = "verify", request_body = VerifyRequest,
     responses((status = 200, body = VerifyResponse), (status = 400, body = ErrorBody),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn verify(
     State(st): State<AppState>,

@@ -24,3 +24,9 @@ lint:
 # A long crash loop: the service is SIGKILLed 1000 times under load; invariants checked each time.
 soak iterations="1000":
     KEYLEDGER_CRASH_ITERATIONS={{iterations}} cargo test --release -p keyledger --test crash
+
+# Benchmarks (docs/BENCHMARKS.md): criterion benches of the in-process paths, then the load
+# generator against the real server, which prints the table. `just bench 1M`; `just bench 1k --quick`.
+bench keys="100k" *args="":
+    cargo bench -p keyledger-core -p keyledger-store -p keyledger-service --bench core --bench envelope --bench verify
+    cargo run --release -p keyledger-bench -- --keys {{keys}} {{args}}

@@ -103,9 +103,7 @@ pub fn check_format(s: &str) -> Result<(), SecretFormatError> {
     }
     let split = s.len() - CHECKSUM_LEN;
     let crc = crc32fast::hash(&s.as_bytes()[..split]);
-    let mut expected = [0u8; CHECKSUM_LEN];
-    write_padded(&mut expected, u128::from(crc));
-    if expected != s.as_bytes()[split..] {
+    if checksum_digits(crc) != s.as_bytes()[split..] {
         return Err(SecretFormatError::Checksum);
     }
     Ok(())
@@ -117,8 +115,20 @@ fn push_padded(out: &mut String, n: u128, width: usize) {
     out.push_str(std::str::from_utf8(&buf[..width]).expect("base62 is ASCII"));
 }
 
-/// Writes `n` in base62 (alphabet `0-9A-Za-z`) into `out`, left-padded with `0`. No
-/// allocation: this runs on every verification.
+/// The six base62 digits of a checksum, computed with 32-bit arithmetic: this runs on every
+/// verification, where the crate's 128-bit divisions cost several times the CRC itself. Pinned
+/// to the crate's encoding by a property test.
+fn checksum_digits(mut crc: u32) -> [u8; CHECKSUM_LEN] {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for d in out.iter_mut().rev() {
+        *d = ALPHABET[(crc % 62) as usize];
+        crc /= 62;
+    }
+    out
+}
+
+/// Writes `n` in base62 (alphabet `0-9A-Za-z`) into `out`, left-padded with `0`.
 fn write_padded(out: &mut [u8], n: u128) {
     let mut digits = [0u8; HALF_LEN];
     let len = base62::encode_bytes(n, &mut digits).expect("22 digits hold any u128");
@@ -244,6 +254,13 @@ mod tests {
             typo[pos] = c;
             let typo = String::from_utf8(typo).unwrap();
             prop_assert!(check_format(&typo).is_err());
+        }
+
+        #[test]
+        fn fast_checksum_digits_equal_the_crate_encoding(crc in any::<u32>()) {
+            let mut expected = [0u8; CHECKSUM_LEN];
+            write_padded(&mut expected, u128::from(crc));
+            prop_assert_eq!(checksum_digits(crc), expected);
         }
 
         #[test]

@@ -43,10 +43,10 @@ impl KeyEntry {
     }
 
     /// Records a use at `ms` (monotonic: an older stamp never overwrites a newer one).
-    pub fn touch(&self, ms: i64) {
-        if self.last_used.fetch_max(ms, Ordering::Relaxed) < ms {
-            self.dirty.store(true, Ordering::Relaxed);
-        }
+    /// Returns `true` when the entry became dirty, i.e. must be queued for the next flush.
+    fn touch(&self, ms: i64) -> bool {
+        self.last_used.fetch_max(ms, Ordering::Relaxed) < ms
+            && !self.dirty.swap(true, Ordering::Relaxed)
     }
 }
 
@@ -66,7 +66,28 @@ pub struct HashMatch {
 pub struct ReadModel {
     keys: HashMap<Uuid, Arc<KeyEntry>>,
     by_hash: HashMap<SecretHash, Uuid>,
+    /// When each live key's next scheduled event falls due: `(ms, key)`, for expiries and ends
+    /// of grace periods, so the scheduler never scans every key.
+    due: std::collections::BTreeSet<(i64, Uuid)>,
+    /// Keys whose `last_used_at` changed since the last flush, so the flusher never scans
+    /// every key.
+    dirty: parking_lot::Mutex<Vec<Uuid>>,
     head: u64,
+}
+
+/// The instants at which a key has something scheduled.
+fn due_times(s: &KeyState) -> impl Iterator<Item = i64> + '_ {
+    let live = !s.is_deleted();
+    let expiry = s
+        .expires_at
+        .filter(|_| live && !s.expired)
+        .map(|t| t.millis());
+    let grace = s
+        .previous
+        .as_ref()
+        .filter(|_| live)
+        .map(|p| p.until.millis());
+    expiry.into_iter().chain(grace)
 }
 
 impl ReadModel {
@@ -94,6 +115,9 @@ impl ReadModel {
     /// Inserts a key as loaded from the persisted table.
     pub fn load(&mut self, state: KeyState, last_used: Option<i64>) {
         self.index_hashes(&state);
+        for t in due_times(&state) {
+            self.due.insert((t, state.id));
+        }
         let id = state.id;
         self.keys.insert(
             id,
@@ -136,6 +160,12 @@ impl ReadModel {
             for h in stale {
                 self.by_hash.remove(&h);
             }
+            for t in due_times(&old.state) {
+                self.due.remove(&(t, env.key_id));
+            }
+        }
+        for t in due_times(&next) {
+            self.due.insert((t, env.key_id));
         }
         self.index_hashes(&next);
         self.keys
@@ -152,13 +182,36 @@ impl ReadModel {
         })
     }
 
+    /// Records a use of `entry` at `ms` (write-behind: persisted by the next flush).
+    pub fn touch(&self, entry: &KeyEntry, ms: i64) {
+        if entry.touch(ms) {
+            self.dirty.lock().push(entry.state.id);
+        }
+    }
+
     /// Takes the `last_used_at` stamps changed since the last call.
     pub fn take_dirty_last_used(&self) -> Vec<(Uuid, i64)> {
-        self.keys
-            .values()
-            .filter(|e| e.dirty.swap(false, Ordering::Relaxed))
-            .filter_map(|e| e.last_used_at().map(|t| (e.state.id, t)))
+        let ids = std::mem::take(&mut *self.dirty.lock());
+        ids.into_iter()
+            .filter_map(|id| {
+                let e = self.keys.get(&id)?;
+                e.dirty.store(false, Ordering::Relaxed);
+                e.last_used_at().map(|t| (id, t))
+            })
             .collect()
+    }
+
+    /// Keys with an expiry or an end of grace at or before `now_ms` (possibly already
+    /// recorded: the domain decides).
+    pub fn due(&self, now_ms: i64) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self
+            .due
+            .range(..=(now_ms, Uuid::max()))
+            .map(|(_, id)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// The states of all keys, sorted by id: for comparing two models.

@@ -133,12 +133,13 @@ impl Service {
     pub async fn run_due(&self) -> usize {
         let t = now();
         let due: Vec<(Uuid, Action)> = self.with_model(|m| {
-            m.entries()
-                .filter(|e| !e.state.is_deleted())
+            m.due(t.millis())
+                .into_iter()
+                .filter_map(|id| m.get(&id))
                 .flat_map(|e| {
                     let s = &e.state;
-                    let expire =
-                        (s.is_expired_at(t) && !s.expired).then_some((s.id, Action::Expire));
+                    let expire = (s.is_expired_at(t) && !s.expired && !s.is_deleted())
+                        .then_some((s.id, Action::Expire));
                     let end = s
                         .previous
                         .as_ref()

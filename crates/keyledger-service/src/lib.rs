@@ -475,7 +475,8 @@ impl Service {
             return not_found;
         }
         let hash = SecretHash::of(presented);
-        let Some(m) = self.inner.model.read().by_hash(&hash) else {
+        let model = self.inner.model.read();
+        let Some(m) = model.by_hash(&hash) else {
             return not_found;
         };
         let s = &m.entry.state;
@@ -496,7 +497,7 @@ impl Service {
         } else if !required_scopes.iter().all(|r| s.has_scope(r)) {
             VerifyCode::InsufficientScopes
         } else {
-            m.entry.touch(now.millis());
+            model.touch(&m.entry, now.millis());
             VerifyCode::Valid
         };
         Verification {

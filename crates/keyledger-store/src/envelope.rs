@@ -138,12 +138,14 @@ impl Envelope {
 
 /// The RFC 8785 (JCS) bytes of an envelope given as JSON, without `hash` and `signature`.
 pub fn canonical_bytes(envelope: &Value) -> Result<Vec<u8>, serde_json::Error> {
-    let mut v = envelope.clone();
-    if let Value::Object(map) = &mut v {
-        map.remove("hash");
-        map.remove("signature");
+    let mut out = Vec::with_capacity(1024);
+    match envelope {
+        Value::Object(map) => {
+            crate::canonical::write_object(map, &["hash", "signature"], &mut out)?
+        }
+        other => crate::canonical::write_canonical(other, &mut out)?,
     }
-    serde_json_canonicalizer::to_vec(&v)
+    Ok(out)
 }
 
 /// SHA-256 of [`canonical_bytes`].

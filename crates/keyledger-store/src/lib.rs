@@ -17,6 +17,7 @@
 //! secret or signing key.
 
 pub mod audit;
+pub mod canonical;
 pub mod envelope;
 pub mod faults;
 pub mod log;

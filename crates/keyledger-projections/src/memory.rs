@@ -4,6 +4,7 @@
 use keyledger_core::{KeyState, SecretHash, evolve};
 use keyledger_store::Envelope;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use uuid::Uuid;
@@ -50,6 +51,27 @@ impl KeyEntry {
     }
 }
 
+/// Hashes a [`SecretHash`] by its first 8 bytes: it is already a uniform SHA-256 output, and
+/// only keyledger's own secrets are ever inserted (presented keys are only looked up), so
+/// SipHash's flooding protection buys nothing on the verification path.
+#[derive(Default)]
+pub struct SecretHashHasher(u64);
+
+impl std::hash::Hasher for SecretHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 32]` hashes as its length, then its bytes: keep the first 8 bytes of the data.
+        if bytes.len() >= 8 {
+            self.0 = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        }
+    }
+
+    fn write_usize(&mut self, _: usize) {}
+}
+
 fn hashes(s: &KeyState) -> impl Iterator<Item = SecretHash> + '_ {
     std::iter::once(s.secret_hash).chain(s.previous.as_ref().map(|p| p.secret_hash))
 }
@@ -65,7 +87,8 @@ pub struct HashMatch {
 #[derive(Debug, Default)]
 pub struct ReadModel {
     keys: HashMap<Uuid, Arc<KeyEntry>>,
-    by_hash: HashMap<SecretHash, Uuid>,
+    /// Secret hash → the key's entry: one lookup per verification.
+    by_hash: HashMap<SecretHash, Arc<KeyEntry>, BuildHasherDefault<SecretHashHasher>>,
     /// When each live key's next scheduled event falls due: `(ms, key)`, for expiries and ends
     /// of grace periods, so the scheduler never scans every key.
     due: std::collections::BTreeSet<(i64, Uuid)>,
@@ -114,25 +137,22 @@ impl ReadModel {
 
     /// Inserts a key as loaded from the persisted table.
     pub fn load(&mut self, state: KeyState, last_used: Option<i64>) {
-        self.index_hashes(&state);
         for t in due_times(&state) {
             self.due.insert((t, state.id));
         }
         let id = state.id;
-        self.keys.insert(
-            id,
-            Arc::new(KeyEntry::new(state, last_used.unwrap_or(NEVER))),
-        );
+        let entry = Arc::new(KeyEntry::new(state, last_used.unwrap_or(NEVER)));
+        self.index_hashes(&entry);
+        self.keys.insert(id, entry);
     }
 
     pub fn set_head(&mut self, head: u64) {
         self.head = head;
     }
 
-    fn index_hashes(&mut self, s: &KeyState) {
-        self.by_hash.insert(s.secret_hash, s.id);
-        if let Some(p) = &s.previous {
-            self.by_hash.insert(p.secret_hash, s.id);
+    fn index_hashes(&mut self, entry: &Arc<KeyEntry>) {
+        for h in hashes(&entry.state) {
+            self.by_hash.insert(h, entry.clone());
         }
     }
 
@@ -167,15 +187,14 @@ impl ReadModel {
         for t in due_times(&next) {
             self.due.insert((t, env.key_id));
         }
-        self.index_hashes(&next);
-        self.keys
-            .insert(env.key_id, Arc::new(KeyEntry::new(next, last_used)));
+        let entry = Arc::new(KeyEntry::new(next, last_used));
+        self.index_hashes(&entry);
+        self.keys.insert(env.key_id, entry);
     }
 
     /// O(1): the key whose current or rotating secret has this hash.
     pub fn by_hash(&self, hash: &SecretHash) -> Option<HashMatch> {
-        let id = self.by_hash.get(hash)?;
-        let entry = self.keys.get(id)?;
+        let entry = self.by_hash.get(hash)?;
         Some(HashMatch {
             previous: entry.state.secret_hash != *hash,
             entry: entry.clone(),

@@ -62,25 +62,14 @@ fn existing() -> keyledger_core::KeyState {
 fuzz_target!(|data: &[u8]| {
     let random = [data.len() as u8; 32];
     if let Some(req) = parse::<CreateKeyRequest>(data) {
-        let prefix = req.prefix.unwrap_or_else(|| "kl".into());
-        if validate::prefix(&prefix).is_ok() {
+        let input = keyledger_service::CreateKey::from(req);
+        if let Ok(prefix) = input.prefix() {
             let secret = Secret::generate(&prefix, &random);
+            let account = input.account.clone().unwrap_or_else(|| "default".into());
             let cmd = Command {
                 now: NOW,
                 if_version: None,
-                action: Action::Create(NewKey {
-                    name: req.name,
-                    account: req.account.unwrap_or_else(|| "default".into()),
-                    owner: req.owner,
-                    role: req.role,
-                    scopes: req.scopes,
-                    allowed_ips: req.allowed_ips,
-                    enabled: req.enabled.unwrap_or(true),
-                    expires_at: req.expires_at,
-                    metadata: req.metadata,
-                    prefix,
-                    credential: credential(&secret),
-                }),
+                action: Action::Create(input.into_new_key(account, &secret)),
             };
             if let Ok(events) = decide(None, &cmd) {
                 assert_eq!(events.len(), 1);

@@ -68,28 +68,17 @@ fn check_events(events: &[Event], secret: &Secret) -> Result<(), TestCaseError> 
 
 /// Runs a parsed create through the service's defaults and `decide`.
 fn run_create(req: CreateKeyRequest, random: [u8; 32]) -> Result<(), TestCaseError> {
-    let prefix = req.prefix.unwrap_or_else(|| "kl".into());
-    // The service refuses a bad prefix before it generates a secret (`generate` asserts it).
-    if validate::prefix(&prefix).is_err() {
+    // As the service does: a bad prefix is refused before a secret is generated.
+    let input = keyledger_service::CreateKey::from(req);
+    let Ok(prefix) = input.prefix() else {
         return Ok(());
-    }
+    };
     let secret = Secret::generate(&prefix, &random);
+    let account = input.account.clone().unwrap_or_else(|| "default".into());
     let cmd = Command {
         now: NOW,
         if_version: None,
-        action: Action::Create(NewKey {
-            name: req.name,
-            account: req.account.unwrap_or_else(|| "default".into()),
-            owner: req.owner,
-            role: req.role,
-            scopes: req.scopes,
-            allowed_ips: req.allowed_ips,
-            enabled: req.enabled.unwrap_or(true),
-            expires_at: req.expires_at,
-            metadata: req.metadata,
-            prefix,
-            credential: credential(&secret),
-        }),
+        action: Action::Create(input.into_new_key(account, &secret)),
     };
     if let Ok(events) = decide(None, &cmd) {
         prop_assert_eq!(events.len(), 1);

@@ -124,6 +124,32 @@ pub struct CreateKey {
     pub prefix: Option<String>,
 }
 
+impl CreateKey {
+    /// The prefix of the key to generate (default `kl`), validated.
+    pub fn prefix(&self) -> Result<String, ServiceError> {
+        let prefix = self.prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
+        keyledger_core::validate::prefix(prefix)?;
+        Ok(prefix.to_owned())
+    }
+
+    /// The domain's create input, with defaults filled in, in `account`, for `secret`.
+    pub fn into_new_key(self, account: String, secret: &Secret) -> NewKey {
+        NewKey {
+            name: self.name,
+            account,
+            owner: self.owner,
+            role: self.role,
+            scopes: self.scopes,
+            allowed_ips: self.allowed_ips,
+            enabled: self.enabled.unwrap_or(true),
+            expires_at: self.expires_at,
+            metadata: self.metadata,
+            prefix: secret.prefix().to_owned(),
+            credential: credential(secret),
+        }
+    }
+}
+
 /// The result of verifying a presented key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyCode {
@@ -326,7 +352,7 @@ impl Service {
         idempotency: Option<Idempotency>,
     ) -> Result<(Committed, Option<Secret>), ServiceError> {
         actor.require(SCOPE_WRITE)?;
-        let account = match (input.account, actor.account_limit()) {
+        let account = match (input.account.clone(), actor.account_limit()) {
             (Some(a), Some(limit)) if a != limit => {
                 return Err(ServiceError::Forbidden(
                     "account: a non-admin key creates keys only in its own account".into(),
@@ -337,22 +363,8 @@ impl Service {
             (None, None) => DEFAULT_ACCOUNT.to_owned(),
         };
         actor.may_grant(&input.scopes)?;
-        let prefix = input.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
-        keyledger_core::validate::prefix(&prefix)?;
-        let secret = generate_secret(&prefix)?;
-        let new = NewKey {
-            name: input.name,
-            account,
-            owner: input.owner,
-            role: input.role,
-            scopes: input.scopes,
-            allowed_ips: input.allowed_ips,
-            enabled: input.enabled.unwrap_or(true),
-            expires_at: input.expires_at,
-            metadata: input.metadata,
-            prefix,
-            credential: credential(&secret),
-        };
+        let secret = generate_secret(&input.prefix()?)?;
+        let new = input.into_new_key(account, &secret);
         let committed = self
             .submit(
                 actor,

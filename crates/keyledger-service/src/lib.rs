@@ -308,6 +308,8 @@ impl Service {
         for t in threads {
             let _ = t.join();
         }
+        // Other clones (tasks still winding down) must not keep the file open.
+        self.inner.log.close();
     }
 
     async fn submit(

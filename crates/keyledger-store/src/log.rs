@@ -137,6 +137,12 @@ impl Log {
         })
     }
 
+    /// Closes the database for every clone of this log (the file can then be opened again,
+    /// e.g. by a restarted service in the same process). Later calls fail.
+    pub fn close(&self) {
+        self.db.write().take();
+    }
+
     /// Closes and reopens the database, to recover from an I/O error. Waits (up to ~2 s) for
     /// readers of the old handle to finish, since the file can be open only once.
     pub fn reopen(&self) -> Result<(), StoreError> {

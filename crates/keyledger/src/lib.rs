@@ -81,6 +81,7 @@ impl Server {
             Ok(Ok(())) => {}
         }
         self.scheduler.abort();
+        let _ = self.scheduler.await;
         if let Some(p) = self.publisher {
             let _ = p.await;
         }

@@ -4,7 +4,7 @@
 use keyledger_e2e::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failed_authentication_from_one_address_gets_429_with_retry_after() {
@@ -109,18 +109,15 @@ async fn slow_loris_connections_are_cut_and_do_not_block_others() {
             .status()
     };
     assert_eq!(fresh().await, 200);
-    let started = Instant::now();
     for s in &mut slow {
         let mut buf = Vec::new();
-        // The server closes the connection (possibly after a 408) once the head is overdue.
-        let _ = s.read_to_end(&mut buf);
+        // The server closes the connection (possibly after a 408) once the head is overdue; a
+        // connection it kept open would end this read with the socket's 10 s timeout instead.
+        s.read_to_end(&mut buf)
+            .expect("the server closed the slow connection");
         let text = String::from_utf8_lossy(&buf);
         assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "slow connections were cut"
-    );
     assert_eq!(fresh().await, 200);
 }
 

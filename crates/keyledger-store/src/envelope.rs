@@ -123,16 +123,60 @@ impl<'de> Deserialize<'de> for Envelope {
     }
 }
 
+/// A stored event as it is published: its stored bytes untouched (they are the envelope's JSON),
+/// and the few members a publisher needs, read without decoding `data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    pub seq: u64,
+    pub id: Uuid,
+    /// As [`Envelope::subject`].
+    pub subject: String,
+    pub occurred_at: Timestamp,
+    pub hash: String,
+    pub signature: String,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct RawHead<'a> {
+    seq: u64,
+    id: Uuid,
+    #[serde(rename = "type", borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    key_id: Uuid,
+    #[serde(borrow)]
+    account: std::borrow::Cow<'a, str>,
+    occurred_at: Timestamp,
+    hash: String,
+    signature: String,
+}
+
+impl RawEvent {
+    pub fn from_stored(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let h: RawHead<'_> = serde_json::from_slice(bytes)?;
+        Ok(Self {
+            seq: h.seq,
+            id: h.id,
+            subject: subject(&h.account, h.key_id, &h.event_type),
+            occurred_at: h.occurred_at,
+            hash: h.hash,
+            signature: h.signature,
+            bytes: bytes.to_vec(),
+        })
+    }
+}
+
+fn subject(account: &str, key_id: Uuid, event_type: &str) -> String {
+    format!(
+        "keyledger.keys.{account}.{key_id}.{}",
+        event_type.strip_prefix("key.").unwrap_or(event_type)
+    )
+}
+
 impl Envelope {
     /// `keyledger.keys.<account>.<key_id>.<type without "key.">`.
     pub fn subject(&self) -> String {
-        let ty = self.event.type_name();
-        format!(
-            "keyledger.keys.{}.{}.{}",
-            self.account,
-            self.key_id,
-            ty.strip_prefix("key.").unwrap_or(ty)
-        )
+        subject(&self.account, self.key_id, self.event.type_name())
     }
 }
 

@@ -23,9 +23,10 @@ pub mod faults;
 pub mod log;
 pub mod signing;
 
-pub use envelope::{Envelope, GENESIS_HASH};
+pub use envelope::{Envelope, GENESIS_HASH, RawEvent};
 pub use log::{
-    AppendRequest, AppendResult, IdempotencyRecord, Log, NoProjection, Opener, Projector,
+    AppendRequest, AppendResult, DEFAULT_CACHE_BYTES, IdempotencyRecord, Log, NoProjection, Opener,
+    Projector,
 };
 pub use signing::{PublicKeyInfo, SignatureVerifier, SigningError, SigningKeys};
 

@@ -175,3 +175,24 @@ fn audit_names_the_event_signed_by_a_foreign_key() {
         "{err}"
     );
 }
+
+#[test]
+fn raw_reads_carry_the_stored_bytes_and_the_members_a_publisher_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    let key = Uuid::now_v7();
+    log.append(req(key, 0, vec![rename(1), rename(2)]), &mut NoProjection)
+        .unwrap()
+        .unwrap();
+    let decoded = log.read(0, 10).unwrap();
+    let raw = log.read_raw(0, 10).unwrap();
+    assert_eq!(raw.len(), 2);
+    for (r, e) in raw.iter().zip(&decoded) {
+        assert_eq!(r.bytes, serde_json::to_vec(e).unwrap());
+        assert_eq!((r.seq, r.id, r.occurred_at), (e.seq, e.id, e.occurred_at));
+        assert_eq!(r.subject, e.subject());
+        assert_eq!((&r.hash, &r.signature), (&e.hash, &e.signature));
+    }
+    assert_eq!(log.read_raw(1, 10).unwrap().len(), 1);
+    assert_eq!(log.read_raw(0, 1).unwrap()[0].seq, 1);
+}

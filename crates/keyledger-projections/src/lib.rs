@@ -14,6 +14,7 @@
 
 pub mod list;
 pub mod memory;
+mod names;
 pub mod persisted;
 
 pub use list::{Cursor, ListPage, ListQuery, SortField, SortValue};
@@ -32,6 +33,7 @@ pub enum ProjectionError {
 pub fn open_read_model(log: &Log) -> Result<ReadModel, ProjectionError> {
     persisted::catch_up(log, false, |_, _| {})?;
     let mut model = ReadModel::default();
+    model.reserve(persisted::key_count(log)? as usize);
     let checkpoint = persisted::load_all(log, |state, used| model.load(state, used))?;
     model.set_head(checkpoint);
     Ok(model)

@@ -1,6 +1,9 @@
-//! The in-memory read model: every key by id, the verification index (secret hash -> key), and
-//! live `last_used_at` stamps. Fed only with committed envelopes, in seq order.
+//! The in-memory read model: every key by id, the verification index (secret hash -> key),
+//! live `last_used_at` stamps, and the listing's columns (one compact [`Row`] per key and the
+//! names in one arena, in rows numbered in order of first appearance). Fed only with committed
+//! envelopes, in seq order.
 
+use crate::names::Names;
 use keyledger_core::{KeyState, SecretHash, evolve};
 use keyledger_store::Envelope;
 use std::collections::HashMap;
@@ -16,8 +19,6 @@ const NEVER: i64 = i64::MIN;
 #[derive(Debug)]
 pub struct KeyEntry {
     pub state: KeyState,
-    /// Lower-cased name, for case-insensitive search.
-    pub(crate) name_lower: String,
     last_used: AtomicI64,
     /// Set when `last_used` changed since the last flush.
     dirty: std::sync::atomic::AtomicBool,
@@ -26,7 +27,6 @@ pub struct KeyEntry {
 impl KeyEntry {
     fn new(state: KeyState, last_used: i64) -> Self {
         Self {
-            name_lower: state.name.to_lowercase(),
             state,
             last_used: AtomicI64::new(last_used),
             dirty: false.into(),
@@ -84,9 +84,29 @@ pub struct HashMatch {
     pub previous: bool,
 }
 
+/// What listing filters and sorts on, per key, without touching the entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Row {
+    pub id: Uuid,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// Index into [`ReadModel::accounts`].
+    pub account: u32,
+    pub live: bool,
+    pub enabled: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct ReadModel {
-    keys: HashMap<Uuid, Arc<KeyEntry>>,
+    /// Key id → its row number in `entries`, `rows` and `names`.
+    slots: HashMap<Uuid, u32>,
+    pub(crate) entries: Vec<Arc<KeyEntry>>,
+    pub(crate) rows: Vec<Row>,
+    /// Lower-cased names, for case-insensitive search and sorting by name.
+    pub(crate) names: Names,
+    /// Interned account names; a row holds the index.
+    pub(crate) accounts: Vec<String>,
+    account_ids: HashMap<String, u32>,
     /// Secret hash → the key's entry: one lookup per verification.
     by_hash: HashMap<SecretHash, Arc<KeyEntry>, BuildHasherDefault<SecretHashHasher>>,
     /// When each live key's next scheduled event falls due: `(ms, key)`, for expiries and ends
@@ -120,19 +140,71 @@ impl ReadModel {
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.entries.is_empty()
     }
 
     pub fn get(&self, id: &Uuid) -> Option<&Arc<KeyEntry>> {
-        self.keys.get(id)
+        self.slots.get(id).map(|&slot| &self.entries[slot as usize])
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Arc<KeyEntry>> {
-        self.keys.values()
+        self.entries.iter()
+    }
+
+    /// The interned index of `account`, if any key ever had it.
+    pub(crate) fn account_id(&self, account: &str) -> Option<u32> {
+        self.account_ids.get(account).copied()
+    }
+
+    /// Puts `entry` in its row (a new one for a new key) and updates the row's columns.
+    fn store(&mut self, entry: Arc<KeyEntry>) {
+        let s = &entry.state;
+        let account = match self.account_ids.get(&s.account) {
+            Some(&a) => a,
+            None => {
+                let a = self.accounts.len() as u32;
+                self.accounts.push(s.account.clone());
+                self.account_ids.insert(s.account.clone(), a);
+                a
+            }
+        };
+        let row = Row {
+            id: s.id,
+            created_ms: s.created_at.millis(),
+            updated_ms: s.updated_at.millis(),
+            account,
+            live: !s.is_deleted(),
+            enabled: s.enabled,
+        };
+        match self.slots.get(&s.id) {
+            Some(&slot) => {
+                let old = &self.entries[slot as usize].state;
+                if old.name != s.name {
+                    self.names.set(slot, &s.name.to_lowercase());
+                }
+                self.rows[slot as usize] = row;
+                self.entries[slot as usize] = entry;
+            }
+            None => {
+                let slot = self.entries.len() as u32;
+                self.slots.insert(s.id, slot);
+                self.names.set(slot, &s.name.to_lowercase());
+                self.rows.push(row);
+                self.entries.push(entry);
+            }
+        }
+    }
+
+    /// Makes room for `additional` more keys (before a bulk load).
+    pub fn reserve(&mut self, additional: usize) {
+        self.slots.reserve(additional);
+        self.entries.reserve(additional);
+        self.rows.reserve(additional);
+        self.by_hash.reserve(additional);
     }
 
     /// Inserts a key as loaded from the persisted table.
@@ -140,10 +212,9 @@ impl ReadModel {
         for t in due_times(&state) {
             self.due.insert((t, state.id));
         }
-        let id = state.id;
         let entry = Arc::new(KeyEntry::new(state, last_used.unwrap_or(NEVER)));
         self.index_hashes(&entry);
-        self.keys.insert(id, entry);
+        self.store(entry);
     }
 
     pub fn set_head(&mut self, head: u64) {
@@ -163,17 +234,19 @@ impl ReadModel {
             return;
         }
         self.head = env.seq;
-        let old = self.keys.get(&env.key_id);
-        let last_used = old.map_or(NEVER, |e| e.last_used.load(Ordering::Relaxed));
+        let old = self.get(&env.key_id).cloned();
+        let last_used = old
+            .as_ref()
+            .map_or(NEVER, |e| e.last_used.load(Ordering::Relaxed));
         let next = evolve(
-            old.map(|e| e.state.clone()),
+            old.as_ref().map(|e| e.state.clone()),
             env.key_id,
             env.occurred_at,
             &env.event,
         );
         // A hash stays indexed only while it is the key's current or rotating secret (a revoked
         // key keeps its current hash, so that it verifies as REVOKED).
-        if let Some(old) = old {
+        if let Some(old) = &old {
             let stale: Vec<SecretHash> = hashes(&old.state)
                 .filter(|h| hashes(&next).all(|n| n != *h))
                 .collect();
@@ -189,7 +262,7 @@ impl ReadModel {
         }
         let entry = Arc::new(KeyEntry::new(next, last_used));
         self.index_hashes(&entry);
-        self.keys.insert(env.key_id, entry);
+        self.store(entry);
     }
 
     /// O(1): the key whose current or rotating secret has this hash.
@@ -213,7 +286,7 @@ impl ReadModel {
         let ids = std::mem::take(&mut *self.dirty.lock());
         ids.into_iter()
             .filter_map(|id| {
-                let e = self.keys.get(&id)?;
+                let e = self.get(&id)?;
                 e.dirty.store(false, Ordering::Relaxed);
                 e.last_used_at().map(|t| (id, t))
             })
@@ -235,7 +308,7 @@ impl ReadModel {
 
     /// The states of all keys, sorted by id: for comparing two models.
     pub fn snapshot(&self) -> Vec<KeyState> {
-        let mut v: Vec<KeyState> = self.keys.values().map(|e| e.state.clone()).collect();
+        let mut v: Vec<KeyState> = self.entries.iter().map(|e| e.state.clone()).collect();
         v.sort_by_key(|s| s.id);
         v
     }

@@ -154,25 +154,76 @@ fn rebuild_all(
     Ok(applied)
 }
 
+/// Number of keys in the persisted table (to size the in-memory model before loading it).
+pub fn key_count(log: &Log) -> Result<u64, ProjectionError> {
+    use redb::ReadableTableMetadata;
+    let txn = log.database()?.begin_read().map_err(storage)?;
+    Ok(txn
+        .open_table(KEYS)
+        .map_err(storage)?
+        .len()
+        .map_err(storage)?)
+}
+
+type Loaded = Vec<(KeyState, Option<i64>)>;
+
 /// Every key in the persisted table with its persisted `last_used_at` (ms), plus the checkpoint.
+///
+/// A second thread reads and decodes while the caller's thread consumes (`f` builds the
+/// in-memory model): decoding and indexing cost about the same, so start-up takes about half
+/// as long on two cores.
 pub fn load_all(
     log: &Log,
     mut f: impl FnMut(KeyState, Option<i64>),
 ) -> Result<u64, ProjectionError> {
-    let txn = log.database()?.begin_read().map_err(storage)?;
-    let keys = txn.open_table(KEYS).map_err(storage)?;
-    let used = txn.open_table(LAST_USED).map_err(storage)?;
-    let meta = txn.open_table(META).map_err(storage)?;
-    let checkpoint = meta
-        .get(CHECKPOINT)
-        .map_err(storage)?
-        .map_or(0, |v| v.value());
-    for item in keys.iter().map_err(storage)? {
-        let (k, v) = item.map_err(storage)?;
-        let last_used = used.get(k.value()).map_err(storage)?.map(|v| v.value());
-        f(decode_state(v.value())?, last_used);
-    }
-    Ok(checkpoint)
+    const BATCH: usize = 1024;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Loaded>(8);
+        let reader = scope.spawn(move || -> Result<u64, ProjectionError> {
+            let txn = log.database()?.begin_read().map_err(storage)?;
+            let keys = txn.open_table(KEYS).map_err(storage)?;
+            let used = txn.open_table(LAST_USED).map_err(storage)?;
+            let meta = txn.open_table(META).map_err(storage)?;
+            let checkpoint = meta
+                .get(CHECKPOINT)
+                .map_err(storage)?
+                .map_or(0, |v| v.value());
+            // Both tables are ordered by key id: merge them instead of a lookup per key.
+            let mut used = used.iter().map_err(storage)?.peekable();
+            let mut batch = Vec::with_capacity(BATCH);
+            for item in keys.iter().map_err(storage)? {
+                let (k, v) = item.map_err(storage)?;
+                let id = k.value();
+                let mut last_used = None;
+                while let Some(Ok((uk, uv))) = used.peek() {
+                    match uk.value().cmp(&id) {
+                        std::cmp::Ordering::Less => {}
+                        std::cmp::Ordering::Equal => last_used = Some(uv.value()),
+                        std::cmp::Ordering::Greater => break,
+                    }
+                    used.next();
+                }
+                if let Some(Err(e)) = used.peek() {
+                    return Err(storage(e).into());
+                }
+                batch.push((decode_state(v.value())?, last_used));
+                if batch.len() == BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    if tx.send(full).is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = tx.send(batch);
+            Ok(checkpoint)
+        });
+        for batch in rx {
+            for (state, last_used) in batch {
+                f(state, last_used);
+            }
+        }
+        reader.join().expect("the key table reader does not panic")
+    })
 }
 
 /// Persists `last_used_at` values (write-behind); one transaction for the lot.

@@ -18,8 +18,8 @@
 use async_nats::jetstream::{self, stream};
 use async_nats::{HeaderMap, HeaderValue};
 use keyledger_service::Service;
-use keyledger_store::Envelope;
-use std::time::Duration;
+use keyledger_store::{RawEvent, StoreError};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
 pub const STREAM: &str = "KEYLEDGER";
@@ -180,46 +180,78 @@ async fn session(
         tracing::info!(from_seq = published + 1, backlog, url = %config.url, "publishing to NATS");
     }
     let mut live = service.subscribe();
+    // The cursor only matters when the stream was emptied (the resume point is read from the
+    // stream itself), so it is written at most once a second and on shutdown, not per window:
+    // each write is a durable commit that would compete with the command writer.
+    let mut cursor_at = published;
+    let mut cursor_written = Instant::now();
+    // The next window, read while the current one is being acknowledged.
+    let mut prefetch: Option<tokio::task::JoinHandle<Result<Vec<RawEvent>, StoreError>>> = None;
     loop {
         if *shutdown.borrow() {
-            return Ok(());
+            break;
         }
-        let (l, after, n) = (log.clone(), published, config.max_in_flight);
-        let batch = tokio::task::spawn_blocking(move || l.read(after, n))
-            .await
-            .map_err(err(NatsError::Log))?
-            .map_err(err(NatsError::Log))?;
+        let mut batch = match prefetch.take() {
+            Some(read) => read.await,
+            None => {
+                let (l, after, n) = (log.clone(), published, config.max_in_flight);
+                tokio::task::spawn_blocking(move || l.read_raw(after, n)).await
+            }
+        }
+        .map_err(err(NatsError::Log))?
+        .map_err(err(NatsError::Log))?;
         let Some(first) = batch.first() else {
             status.set_oldest_pending(0);
+            if cursor_at != published && cursor_written.elapsed() >= CURSOR_EVERY {
+                store_cursor(&log, published).await?;
+                (cursor_at, cursor_written) = (published, Instant::now());
+            }
             tokio::select! {
-                r = live.recv() => if let Err(broadcast::error::RecvError::Closed) = r { return Ok(()) },
+                r = live.recv() => if let Err(broadcast::error::RecvError::Closed) = r { break },
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => break,
             }
             continue;
         };
         status.set_oldest_pending(first.occurred_at.millis());
         let mut acks = Vec::with_capacity(batch.len());
-        for (i, env) in batch.iter().enumerate() {
+        for (i, ev) in batch.iter_mut().enumerate() {
             let ack = js
                 .publish_with_headers(
-                    env.subject(),
-                    headers(env, stream_last + i as u64),
-                    payload(env)?,
+                    ev.subject.clone(),
+                    headers(ev, stream_last + i as u64),
+                    bytes::Bytes::from(std::mem::take(&mut ev.bytes)),
                 )
                 .await
                 .map_err(err(NatsError::Publish))?;
             acks.push(ack);
         }
-        for (env, ack) in batch.iter().zip(acks) {
+        let (l, after, n) = (
+            log.clone(),
+            batch[batch.len() - 1].seq,
+            config.max_in_flight,
+        );
+        prefetch = Some(tokio::task::spawn_blocking(move || l.read_raw(after, n)));
+        for (ev, ack) in batch.iter().zip(acks) {
             let ack = ack.await.map_err(err(NatsError::Publish))?;
             stream_last = ack.sequence;
-            published = env.seq;
+            published = ev.seq;
+            status.acked(ev.seq, ev.occurred_at.millis());
         }
-        store_cursor(&log, published).await?;
         status.set_published(published);
+        if cursor_written.elapsed() >= CURSOR_EVERY {
+            store_cursor(&log, published).await?;
+            (cursor_at, cursor_written) = (published, Instant::now());
+        }
     }
+    if cursor_at != published {
+        store_cursor(&log, published).await?;
+    }
+    Ok(())
 }
+
+/// How often the publisher records its cursor in the log while it is busy.
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
 async fn store_cursor(log: &keyledger_store::Log, seq: u64) -> Result<(), NatsError> {
     let log = log.clone();
@@ -229,15 +261,9 @@ async fn store_cursor(log: &keyledger_store::Log, seq: u64) -> Result<(), NatsEr
         .map_err(err(NatsError::Log))
 }
 
-fn payload(env: &Envelope) -> Result<bytes::Bytes, NatsError> {
-    serde_json::to_vec(env)
-        .map(Into::into)
-        .map_err(err(NatsError::Publish))
-}
-
 /// `Nats-Msg-Id`, `Keyledger-Seq`, `Keyledger-Hash`, `Keyledger-Signature`, and the stream
 /// sequence this message must follow.
-fn headers(env: &Envelope, expected_last: u64) -> HeaderMap {
+fn headers(env: &RawEvent, expected_last: u64) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(
         "Nats-Msg-Id",

@@ -41,6 +41,7 @@ pub struct Metrics {
     nats_connected: Gauge,
     nats_lag_events: Gauge,
     nats_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    nats_publish_age: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -62,6 +63,8 @@ impl Default for Metrics {
         let nats_connected = Gauge::default();
         let nats_lag_events = Gauge::default();
         let nats_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        // 1 ms .. ~33 s
+        let nats_publish_age = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
             "keyledger_http_requests",
             "HTTP requests by method, route and status",
@@ -113,6 +116,11 @@ impl Default for Metrics {
             "Age of the oldest event not yet acknowledged by the stream",
             nats_lag_seconds.clone(),
         );
+        registry.register(
+            "keyledger_nats_publish_age_seconds",
+            "Age of each event (since its occurred_at) when the stream acknowledged it",
+            nats_publish_age.clone(),
+        );
         Self {
             registry,
             requests,
@@ -126,6 +134,7 @@ impl Default for Metrics {
             nats_connected,
             nats_lag_events,
             nats_lag_seconds,
+            nats_publish_age,
         }
     }
 }
@@ -157,6 +166,11 @@ impl Metrics {
         self.batch_commands.observe(stats.commands as f64);
         self.batch_seconds.observe(stats.seconds);
         self.committed_events.inc_by(stats.events as u64);
+    }
+
+    /// The stream acknowledged an event `age_seconds` after it occurred.
+    pub fn published(&self, age_seconds: f64) {
+        self.nats_publish_age.observe(age_seconds.max(0.0));
     }
 
     /// The text exposition format, with gauges set to the given current values.

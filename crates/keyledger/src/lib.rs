@@ -136,6 +136,15 @@ pub async fn start_with(
     let addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let shutdown_watch = shutdown_rx.clone();
+    if opts.nats_url.is_some() {
+        let m = metrics.clone();
+        service
+            .outbox()
+            .observe_acks(Arc::new(move |_, occurred_ms| {
+                let age_ms = keyledger_service::now().millis() - occurred_ms;
+                m.published(age_ms as f64 / 1000.0);
+            }));
+    }
     let app = router(
         service.clone(),
         ServerConfig {

@@ -1,0 +1,263 @@
+//! The NATS scenarios, against a real `nats-server` started for the run (its own free loopback
+//! port and store dir on the measured disk, `-js`, stopped by its PID):
+//!
+//! - **Ceiling:** raw JetStream publishes of the data set's own messages (same subjects,
+//!   payloads and header set, the same window of 1,024 unacknowledged publishes) with nothing
+//!   of keyledger in the loop.
+//! - **Publish rate:** the real publisher ([`keyledger_nats::spawn_publisher`]) draining the
+//!   data set's log, which it has never published: events acknowledged per second.
+//! - **Commit→ack lag:** a fresh service taking creates at a fixed rate (in-process, so the
+//!   HTTP stack does not compete), each event's lag from its commit (the writer's broadcast)
+//!   to the stream's acknowledgement (the outbox's ack hook).
+
+use crate::stats::Latency;
+use anyhow::Context;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use keyledger_nats::{PublisherConfig, spawn_publisher};
+use keyledger_service::{Actor, Config, CreateKey, Service};
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A `nats-server -js` of the run's own.
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start(work_dir: &Path) -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let store = tempfile::tempdir_in(work_dir)?;
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server (is it on PATH?)")?;
+        let server = Self {
+            child,
+            port,
+            _store: store,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Outcome {
+    /// Raw JetStream publishes per second (the ceiling).
+    pub raw_rate: f64,
+    /// Events the publisher got acknowledged per second while draining the log.
+    pub publish_rate: f64,
+    pub published: u64,
+    /// Commit→ack lag at `lag_rate` events/s.
+    pub lag: Latency,
+    pub lag_rate: f64,
+    /// Events of the lag run without a measured lag (should be 0).
+    pub lag_missing: u64,
+}
+
+/// Publishes in windows of this many unacknowledged messages, as the publisher does.
+const WINDOW: usize = 1024;
+/// Events per second of the lag scenario (issue 5's figure).
+pub const LAG_RATE: u64 = 5_000;
+
+pub fn run(data_dir: &Path, work_dir: &Path, duration: Duration) -> anyhow::Result<Outcome> {
+    let nats = NatsServer::start(work_dir)?;
+    let url = nats.url();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let service = Service::open(Config::new(data_dir))?;
+    eprintln!("NATS: raw JetStream publishes ...");
+    let raw_rate = rt.block_on(raw_publish(&url, &service, duration))?;
+    eprintln!("NATS: the publisher draining the log ...");
+    let (publish_rate, published) = rt.block_on(drain(&url, &service, duration))?;
+    service.shutdown();
+    drop(service);
+    eprintln!("NATS: commit→ack lag at {LAG_RATE} events/s ...");
+    let fresh = tempfile::tempdir_in(work_dir)?;
+    let (lag, lag_rate, lag_missing) = rt.block_on(lag(&url, fresh.path(), duration))?;
+    Ok(Outcome {
+        raw_rate,
+        publish_rate,
+        published,
+        lag,
+        lag_rate,
+        lag_missing,
+    })
+}
+
+async fn raw_publish(url: &str, service: &Service, duration: Duration) -> anyhow::Result<f64> {
+    let js = jetstream::new(async_nats::connect(url).await?);
+    js.get_or_create_stream(stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let messages: Vec<(String, bytes::Bytes, String, String, String)> = service
+        .log()
+        .read(0, 4 * WINDOW)?
+        .iter()
+        .map(|e| {
+            (
+                format!("bench.{}", e.subject()),
+                serde_json::to_vec(e).expect("envelope JSON").into(),
+                e.seq.to_string(),
+                e.hash.clone(),
+                e.signature.clone(),
+            )
+        })
+        .collect();
+    anyhow::ensure!(!messages.is_empty(), "the data set has no events");
+    let (mut sent, mut last) = (0u64, 0u64);
+    let t = Instant::now();
+    while t.elapsed() < duration {
+        let mut acks = Vec::with_capacity(WINDOW);
+        for _ in 0..WINDOW {
+            let (subject, payload, seq, hash, signature) =
+                &messages[sent as usize % messages.len()];
+            let mut h = HeaderMap::new();
+            h.insert("Nats-Msg-Id", format!("raw-{sent}").as_str());
+            h.insert(
+                "Nats-Expected-Last-Sequence",
+                (last + acks.len() as u64).to_string().as_str(),
+            );
+            h.insert(keyledger_nats::HEADER_SEQ, seq.as_str());
+            h.insert(keyledger_nats::HEADER_HASH, hash.as_str());
+            h.insert(keyledger_nats::HEADER_SIGNATURE, signature.as_str());
+            acks.push(
+                js.publish_with_headers(subject.clone(), h, payload.clone())
+                    .await?,
+            );
+            sent += 1;
+        }
+        for ack in acks {
+            last = ack.await?.sequence;
+        }
+    }
+    Ok(sent as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Runs the real publisher on the data set's log (never published before) for up to
+/// `4 × duration` (at least 10 s), or until it has caught up.
+async fn drain(url: &str, service: &Service, duration: Duration) -> anyhow::Result<(f64, u64)> {
+    let head = service.head();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let t = Instant::now();
+    let publisher = spawn_publisher(service.clone(), PublisherConfig::new(url), stopped);
+    let budget = (duration * 4).max(Duration::from_secs(10));
+    let mut published;
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        published = service.outbox().snapshot().published;
+        if published >= head || t.elapsed() > budget {
+            break;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    publisher.await?;
+    anyhow::ensure!(published > 0, "the publisher published nothing");
+    Ok((published as f64 / secs, published))
+}
+
+type Stamps = Arc<parking_lot::Mutex<HashMap<u64, Instant>>>;
+
+/// Creates keys at [`LAG_RATE`] on a fresh service for `duration`, publishing into a fresh
+/// stream; returns the commit→ack lags, the achieved rate and how many events had no lag.
+async fn lag(url: &str, dir: &Path, duration: Duration) -> anyhow::Result<(Latency, f64, u64)> {
+    // The stream holds the drained data set; a fresh log must publish into a fresh stream.
+    let js = jetstream::new(async_nats::connect(url).await?);
+    let _ = js.delete_stream(keyledger_nats::STREAM).await;
+    let service = Service::open(Config::new(dir))?;
+    let acked: Stamps = Arc::default();
+    let sink = acked.clone();
+    service.outbox().observe_acks(Arc::new(move |seq, _| {
+        sink.lock().insert(seq, Instant::now());
+    }));
+    let committed: Stamps = Arc::default();
+    let mut live = service.subscribe();
+    let sink = committed.clone();
+    let recorder = tokio::spawn(async move {
+        while let Ok(env) = live.recv().await {
+            sink.lock().insert(env.seq, Instant::now());
+        }
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let publisher = spawn_publisher(service.clone(), PublisherConfig::new(url), stopped);
+    // Open loop: every millisecond, the creates due by then.
+    let per_ms = LAG_RATE / 1000;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut n = 0u64;
+    while t.elapsed() < duration {
+        tick.tick().await;
+        for _ in 0..per_ms {
+            let s = service.clone();
+            let input = CreateKey {
+                name: format!("lag {n}"),
+                scopes: vec!["keys:read".into()],
+                ..CreateKey::default()
+            };
+            tasks.spawn(async move {
+                let actor = Actor::Cli;
+                s.create(&actor, input, None).await.map(|_| ())
+            });
+            n += 1;
+        }
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let head = service.head();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.outbox().snapshot().published < head && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = stop.send(true);
+    publisher.await?;
+    recorder.abort();
+    let (acked, committed) = (acked.lock(), committed.lock());
+    let mut lat = Latency::new();
+    let mut missing = 0;
+    for seq in 1..=head {
+        match (committed.get(&seq), acked.get(&seq)) {
+            (Some(c), Some(a)) => lat.record(a.saturating_duration_since(*c)),
+            _ => missing += 1,
+        }
+    }
+    service.shutdown();
+    Ok((lat, rate, missing))
+}

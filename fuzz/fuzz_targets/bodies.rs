@@ -4,7 +4,7 @@
 //! no event holds the plaintext secret.
 #![no_main]
 
-use keyledger_core::{Action, Command, Credential, KeyPatch, NewKey, Secret, Timestamp};
+use keyledger_core::{Action, Command, KeyPatch, NewKey, Secret, Timestamp};
 use keyledger_core::{decide, evolve, secret::check_format, validate};
 use keyledger_server::dto::{CreateKeyRequest, ResetKeyRequest, UpdateKeyRequest, VerifyRequest};
 use libfuzzer_sys::fuzz_target;
@@ -19,12 +19,6 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
         .ok()
 }
 
-fn credential(secret: &Secret) -> Credential {
-    Credential {
-        secret_hash: secret.hash(),
-        hint: secret.hint(),
-    }
-}
 
 fn no_plaintext(events: &[keyledger_core::Event], secret: &Secret) {
     for e in events {
@@ -52,7 +46,7 @@ fn existing() -> keyledger_core::KeyState {
             expires_at: None,
             metadata: None,
             prefix: "kl".into(),
-            credential: credential(&secret),
+            credential: secret.credential(),
         }),
     };
     let events = decide(None, &cmd).expect("a valid create");
@@ -105,7 +99,7 @@ fuzz_target!(|data: &[u8]| {
             now: NOW,
             if_version: None,
             action: Action::Reset {
-                credential: credential(&secret),
+                credential: secret.credential(),
                 grace_seconds: req.grace_seconds,
             },
         };

@@ -8,7 +8,7 @@
 //! Secrets are derived from the key's index, so any key's current secret can be recomputed.
 
 use anyhow::{Context, bail};
-use keyledger_core::{Action, Command, Credential, KeyPatch, NewKey, Secret, decide, evolve};
+use keyledger_core::{Action, Command, KeyPatch, NewKey, Secret, decide, evolve};
 use keyledger_projections::KeyTableProjector;
 use keyledger_service::{Config, now, open_log};
 use keyledger_store::AppendRequest;
@@ -49,13 +49,6 @@ pub fn event_count(keys: u64) -> u64 {
     keys.min(2) + 3 * keys.saturating_sub(2)
 }
 
-fn credential(s: &Secret) -> Credential {
-    Credential {
-        secret_hash: s.hash(),
-        hint: s.hint(),
-    }
-}
-
 fn request(i: u64) -> AppendRequest {
     let at = now();
     let key_id = Uuid::now_v7();
@@ -76,7 +69,7 @@ fn request(i: u64) -> AppendRequest {
         expires_at: None,
         metadata: None,
         prefix: "kl".into(),
-        credential: credential(&first),
+        credential: first.credential(),
     })];
     if i > VERIFIER {
         commands.push(Action::Update(KeyPatch {
@@ -84,7 +77,7 @@ fn request(i: u64) -> AppendRequest {
             ..KeyPatch::default()
         }));
         commands.push(Action::Reset {
-            credential: credential(&secret(i, 1)),
+            credential: secret(i, 1).credential(),
             grace_seconds: 0,
         });
     }

@@ -9,9 +9,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keyledger_core::secret::check_format;
-use keyledger_core::{
-    Action, Command, Credential, KeyPatch, NewKey, Secret, Timestamp, decide, evolve,
-};
+use keyledger_core::{Action, Command, KeyPatch, NewKey, Secret, Timestamp, decide, evolve};
 use std::hint::black_box;
 use std::time::Duration;
 use uuid::Uuid;
@@ -42,10 +40,7 @@ fn new_key() -> NewKey {
         expires_at: None,
         metadata: Some(serde_json::json!({"env": "prod"})),
         prefix: "kl".into(),
-        credential: Credential {
-            secret_hash: s.hash(),
-            hint: s.hint(),
-        },
+        credential: s.credential(),
     }
 }
 

@@ -80,6 +80,14 @@ impl Secret {
     }
 
     /// `prefix_...` plus the last four characters, e.g. `kl_...x9Qa`.
+    /// What the log stores of this secret: its hash and its display hint.
+    pub fn credential(&self) -> crate::command::Credential {
+        crate::command::Credential {
+            secret_hash: self.hash(),
+            hint: self.hint(),
+        }
+    }
+
     pub fn hint(&self) -> String {
         let tail = &self.0[self.0.len() - 4..];
         format!("{}_...{tail}", self.prefix())

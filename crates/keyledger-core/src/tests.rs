@@ -10,11 +10,7 @@ fn id() -> Uuid {
 }
 
 fn credential(n: u8) -> Credential {
-    let s = Secret::generate("kl", &[n; 32]);
-    Credential {
-        secret_hash: s.hash(),
-        hint: s.hint(),
-    }
+    Secret::generate("kl", &[n; 32]).credential()
 }
 
 fn new_key() -> NewKey {

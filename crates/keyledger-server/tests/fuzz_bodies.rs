@@ -5,7 +5,7 @@
 //! secret.
 
 use keyledger_core::event::Event;
-use keyledger_core::{Action, Command, Credential, KeyPatch, NewKey, Secret, Timestamp};
+use keyledger_core::{Action, Command, KeyPatch, NewKey, Secret, Timestamp};
 use keyledger_core::{decide, evolve, secret::check_format, validate};
 use keyledger_server::dto::{CreateKeyRequest, ResetKeyRequest, UpdateKeyRequest, VerifyRequest};
 use proptest::prelude::*;
@@ -37,18 +37,11 @@ fn existing_key() -> keyledger_core::KeyState {
             expires_at: None,
             metadata: Some(json!({"team": "a"})),
             prefix: "kl".into(),
-            credential: credential(&secret),
+            credential: secret.credential(),
         }),
     };
     let events = decide(None, &cmd).expect("a valid create");
     evolve(None, Uuid::now_v7(), cmd.now, &events[0])
-}
-
-fn credential(secret: &Secret) -> Credential {
-    Credential {
-        secret_hash: secret.hash(),
-        hint: secret.hint(),
-    }
 }
 
 /// Every event `decide` returns survives the log's JSON round trip and holds no plaintext.
@@ -121,7 +114,7 @@ fn run_reset(req: ResetKeyRequest, random: [u8; 32]) -> Result<(), TestCaseError
         now: NOW,
         if_version: None,
         action: Action::Reset {
-            credential: credential(&secret),
+            credential: secret.credential(),
             grace_seconds: req.grace_seconds,
         },
     };

@@ -9,7 +9,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keyledger_core::secret::check_format;
-use keyledger_core::{Action, Command, Credential, NewKey, Secret, SecretHash, decide};
+use keyledger_core::{Action, Command, NewKey, Secret, SecretHash, decide};
 use keyledger_projections::KeyTableProjector;
 use keyledger_service::{Config, Service, VerifyCode, now, open_log};
 use keyledger_store::AppendRequest;
@@ -43,10 +43,7 @@ fn create(i: u64) -> AppendRequest {
             expires_at: None,
             metadata: None,
             prefix: "kl".into(),
-            credential: Credential {
-                secret_hash: s.hash(),
-                hint: s.hint(),
-            },
+            credential: s.credential(),
         }),
     };
     let events = decide(None, &cmd).unwrap();

@@ -27,7 +27,7 @@ pub use writer::{BatchObserver, BatchStats, Committed, Idempotency};
 
 use keyledger_core::secret::{DEFAULT_PREFIX, check_format};
 use keyledger_core::validate::DEFAULT_ACCOUNT;
-use keyledger_core::{Action, Credential, KeyPatch, NewKey, Secret, SecretHash, Timestamp};
+use keyledger_core::{Action, KeyPatch, NewKey, Secret, SecretHash, Timestamp};
 use keyledger_projections::{ReadModel, open_read_model, persisted};
 use keyledger_store::{Envelope, Log, PublicKeyInfo, SigningKeys};
 use parking_lot::{Mutex, RwLock};
@@ -145,7 +145,7 @@ impl CreateKey {
             expires_at: self.expires_at,
             metadata: self.metadata,
             prefix: secret.prefix().to_owned(),
-            credential: credential(secret),
+            credential: secret.credential(),
         }
     }
 }
@@ -412,7 +412,7 @@ impl Service {
             .unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
         let secret = generate_secret(&prefix)?;
         let action = Action::Reset {
-            credential: credential(&secret),
+            credential: secret.credential(),
             grace_seconds,
         };
         let committed = self
@@ -565,7 +565,7 @@ impl Service {
             expires_at: None,
             metadata: None,
             prefix: secret.prefix().to_owned(),
-            credential: credential(&secret),
+            credential: secret.credential(),
         };
         self.submit(
             &Actor::System,
@@ -606,11 +606,4 @@ pub fn generate_secret(prefix: &str) -> Result<Secret, ServiceError> {
     getrandom::fill(random.as_mut())
         .map_err(|_| ServiceError::Unavailable("the OS random source failed".into()))?;
     Ok(Secret::generate(prefix, &random))
-}
-
-fn credential(secret: &Secret) -> Credential {
-    Credential {
-        secret_hash: secret.hash(),
-        hint: secret.hint(),
-    }
 }

@@ -10,7 +10,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keyledger_core::event::SCHEMA_VERSION;
-use keyledger_core::{Action, Command, Credential, NewKey, Secret, Timestamp, decide};
+use keyledger_core::{Action, Command, NewKey, Secret, Timestamp, decide};
 use keyledger_store::envelope::{canonical_bytes, envelope_hash};
 use keyledger_store::{Envelope, GENESIS_HASH, SigningKeys};
 use sha2::{Digest, Sha256};
@@ -35,10 +35,7 @@ fn envelope() -> Envelope {
             expires_at: None,
             metadata: None,
             prefix: "kl".into(),
-            credential: Credential {
-                secret_hash: s.hash(),
-                hint: s.hint(),
-            },
+            credential: s.credential(),
         }),
     };
     let event = decide(None, &cmd).unwrap().remove(0);

@@ -90,7 +90,7 @@ pub(crate) struct Row {
     pub id: Uuid,
     pub created_ms: i64,
     pub updated_ms: i64,
-    /// Index into [`ReadModel::accounts`].
+    /// The account's number in [`ReadModel::account_ids`].
     pub account: u32,
     pub live: bool,
     pub enabled: bool,
@@ -104,8 +104,7 @@ pub struct ReadModel {
     pub(crate) rows: Vec<Row>,
     /// Lower-cased names, for case-insensitive search and sorting by name.
     pub(crate) names: Names,
-    /// Interned account names; a row holds the index.
-    pub(crate) accounts: Vec<String>,
+    /// Account name → its number (in order of first appearance); rows hold the number.
     account_ids: HashMap<String, u32>,
     /// Secret hash → the key's entry: one lookup per verification.
     by_hash: HashMap<SecretHash, Arc<KeyEntry>, BuildHasherDefault<SecretHashHasher>>,
@@ -166,8 +165,7 @@ impl ReadModel {
         let account = match self.account_ids.get(&s.account) {
             Some(&a) => a,
             None => {
-                let a = self.accounts.len() as u32;
-                self.accounts.push(s.account.clone());
+                let a = self.account_ids.len() as u32;
                 self.account_ids.insert(s.account.clone(), a);
                 a
             }

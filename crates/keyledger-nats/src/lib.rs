@@ -18,7 +18,7 @@
 use async_nats::jetstream::{self, stream};
 use async_nats::{HeaderMap, HeaderValue};
 use keyledger_service::Service;
-use keyledger_store::{RawEvent, StoreError};
+use keyledger_store::{Log, RawEvent, StoreError};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
@@ -162,11 +162,13 @@ async fn session(
         .get_or_create_stream(stream_config())
         .await
         .map_err(err(NatsError::Stream))?;
-    let cursor = log.cursor(CURSOR).map_err(err(NatsError::Log))?;
-    let (mut published, mut stream_last) = resume_point(&mut stream, cursor).await?;
-    if published != cursor {
-        store_cursor(&log, published).await?;
-    }
+    let stored = log.cursor(CURSOR).map_err(err(NatsError::Log))?;
+    let (mut published, mut stream_last) = resume_point(&mut stream, stored).await?;
+    let mut cursor = Cursor {
+        at: stored,
+        written: Instant::now(),
+    };
+    cursor.record(&log, published, true).await?;
     status.set_connected(true);
     status.set_published(published);
     let backlog = service.head().saturating_sub(published);
@@ -180,32 +182,21 @@ async fn session(
         tracing::info!(from_seq = published + 1, backlog, url = %config.url, "publishing to NATS");
     }
     let mut live = service.subscribe();
-    // The cursor only matters when the stream was emptied (the resume point is read from the
-    // stream itself), so it is written at most once a second and on shutdown, not per window:
-    // each write is a durable commit that would compete with the command writer.
-    let mut cursor_at = published;
-    let mut cursor_written = Instant::now();
     // The next window, read while the current one is being acknowledged.
-    let mut prefetch: Option<tokio::task::JoinHandle<Result<Vec<RawEvent>, StoreError>>> = None;
+    let mut prefetch: Option<Window> = None;
     loop {
         if *shutdown.borrow() {
             break;
         }
-        let mut batch = match prefetch.take() {
-            Some(read) => read.await,
-            None => {
-                let (l, after, n) = (log.clone(), published, config.max_in_flight);
-                tokio::task::spawn_blocking(move || l.read_raw(after, n)).await
-            }
-        }
-        .map_err(err(NatsError::Log))?
-        .map_err(err(NatsError::Log))?;
+        let mut batch = prefetch
+            .take()
+            .unwrap_or_else(|| read_window(&log, published, config.max_in_flight))
+            .await
+            .map_err(err(NatsError::Log))?
+            .map_err(err(NatsError::Log))?;
         let Some(first) = batch.first() else {
             status.set_oldest_pending(0);
-            if cursor_at != published && cursor_written.elapsed() >= CURSOR_EVERY {
-                store_cursor(&log, published).await?;
-                (cursor_at, cursor_written) = (published, Instant::now());
-            }
+            cursor.record(&log, published, false).await?;
             tokio::select! {
                 r = live.recv() => if let Err(broadcast::error::RecvError::Closed) = r { break },
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -226,12 +217,8 @@ async fn session(
                 .map_err(err(NatsError::Publish))?;
             acks.push(ack);
         }
-        let (l, after, n) = (
-            log.clone(),
-            batch[batch.len() - 1].seq,
-            config.max_in_flight,
-        );
-        prefetch = Some(tokio::task::spawn_blocking(move || l.read_raw(after, n)));
+        let last = batch[batch.len() - 1].seq;
+        prefetch = Some(read_window(&log, last, config.max_in_flight));
         for (ev, ack) in batch.iter().zip(acks) {
             let ack = ack.await.map_err(err(NatsError::Publish))?;
             stream_last = ack.sequence;
@@ -239,26 +226,48 @@ async fn session(
             status.acked(ev.seq, ev.occurred_at.millis());
         }
         status.set_published(published);
-        if cursor_written.elapsed() >= CURSOR_EVERY {
-            store_cursor(&log, published).await?;
-            (cursor_at, cursor_written) = (published, Instant::now());
-        }
+        cursor.record(&log, published, false).await?;
     }
-    if cursor_at != published {
-        store_cursor(&log, published).await?;
-    }
-    Ok(())
+    cursor.record(&log, published, true).await
+}
+
+type Window = tokio::task::JoinHandle<Result<Vec<RawEvent>, StoreError>>;
+
+/// Reads up to `n` events after seq `after`, on a blocking thread.
+fn read_window(log: &Log, after: u64, n: usize) -> Window {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || log.read_raw(after, n))
 }
 
 /// How often the publisher records its cursor in the log while it is busy.
 const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
-async fn store_cursor(log: &keyledger_store::Log, seq: u64) -> Result<(), NatsError> {
-    let log = log.clone();
-    tokio::task::spawn_blocking(move || log.set_cursor(CURSOR, seq))
-        .await
-        .map_err(err(NatsError::Log))?
-        .map_err(err(NatsError::Log))
+/// The `nats` cursor as last written to the log. It only matters when the stream was emptied
+/// (the resume point is read from the stream itself), so it is written at most once every
+/// [`CURSOR_EVERY`] and at the end of a session, not per window: each write is a durable commit
+/// that would compete with the command writer.
+struct Cursor {
+    at: u64,
+    written: Instant,
+}
+
+impl Cursor {
+    /// Writes `published` if it moved, when due or when `now`.
+    async fn record(&mut self, log: &Log, published: u64, now: bool) -> Result<(), NatsError> {
+        if published == self.at || !(now || self.written.elapsed() >= CURSOR_EVERY) {
+            return Ok(());
+        }
+        let l = log.clone();
+        tokio::task::spawn_blocking(move || l.set_cursor(CURSOR, published))
+            .await
+            .map_err(err(NatsError::Log))?
+            .map_err(err(NatsError::Log))?;
+        *self = Self {
+            at: published,
+            written: Instant::now(),
+        };
+        Ok(())
+    }
 }
 
 /// `Nats-Msg-Id`, `Keyledger-Seq`, `Keyledger-Hash`, `Keyledger-Signature`, and the stream

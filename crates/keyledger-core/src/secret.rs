@@ -79,7 +79,6 @@ impl Secret {
         SecretHash::of(&self.0)
     }
 
-    /// `prefix_...` plus the last four characters, e.g. `kl_...x9Qa`.
     /// What the log stores of this secret: its hash and its display hint.
     pub fn credential(&self) -> crate::command::Credential {
         crate::command::Credential {
@@ -88,6 +87,7 @@ impl Secret {
         }
     }
 
+    /// `prefix_...` plus the last four characters, e.g. `kl_...x9Qa`.
     pub fn hint(&self) -> String {
         let tail = &self.0[self.0.len() - 4..];
         format!("{}_...{tail}", self.prefix())

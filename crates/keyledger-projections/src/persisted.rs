@@ -24,16 +24,18 @@ fn storage(e: impl ToString) -> StoreError {
 pub struct KeyTableProjector;
 
 impl Projector for KeyTableProjector {
-    fn apply(&mut self, txn: &WriteTransaction, env: &Envelope) -> Result<(), StoreError> {
+    fn apply(&mut self, txn: &WriteTransaction, envs: &[&Envelope]) -> Result<(), StoreError> {
         let mut table = txn.open_table(KEYS).map_err(storage)?;
-        let key = env.key_id.as_u128();
-        let current = match table.get(key).map_err(storage)? {
-            Some(bytes) => Some(decode_state(bytes.value())?),
-            None => None,
-        };
-        let next = evolve(current, env.key_id, env.occurred_at, &env.event);
-        let bytes = serde_json::to_vec(&next).map_err(|e| StoreError::Encode(e.to_string()))?;
-        table.insert(key, bytes.as_slice()).map_err(storage)?;
+        for env in envs {
+            let key = env.key_id.as_u128();
+            let current = match table.get(key).map_err(storage)? {
+                Some(bytes) => Some(decode_state(bytes.value())?),
+                None => None,
+            };
+            let next = evolve(current, env.key_id, env.occurred_at, &env.event);
+            let bytes = serde_json::to_vec(&next).map_err(|e| StoreError::Encode(e.to_string()))?;
+            table.insert(key, bytes.as_slice()).map_err(storage)?;
+        }
         Ok(())
     }
 
@@ -97,9 +99,7 @@ pub fn catch_up(
         };
         let txn = db.begin_write().map_err(storage)?;
         let mut p = KeyTableProjector;
-        for env in &batch {
-            p.apply(&txn, env)?;
-        }
+        p.apply(&txn, &batch.iter().collect::<Vec<_>>())?;
         p.finish(&txn, last)?;
         txn.commit().map_err(storage)?;
         applied += batch.len() as u64;

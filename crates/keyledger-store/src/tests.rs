@@ -196,3 +196,75 @@ fn raw_reads_carry_the_stored_bytes_and_the_members_a_publisher_needs() {
     assert_eq!(log.read_raw(1, 10).unwrap().len(), 1);
     assert_eq!(log.read_raw(0, 1).unwrap()[0].seq, 1);
 }
+
+/// Records what the log hands its projector.
+#[derive(Default)]
+struct Recording(Vec<u64>);
+
+impl Projector for Recording {
+    fn apply(
+        &mut self,
+        _: &redb::WriteTransaction,
+        envelopes: &[&Envelope],
+    ) -> Result<(), StoreError> {
+        self.0.extend(envelopes.iter().map(|e| e.seq));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_batch_signed_on_several_threads_is_chained_and_signed_in_log_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    let earlier = req(Uuid::now_v7(), 0, vec![rename(0)]);
+    let original = log
+        .append(earlier.clone(), &mut NoProjection)
+        .unwrap()
+        .unwrap();
+    // 30 new streams (every third with two events), a stale version and a retry of `earlier`:
+    // well above the size from which signatures are spread over threads.
+    let mut batch: Vec<AppendRequest> = (0..30u32)
+        .map(|i| {
+            let events = if i % 3 == 0 {
+                vec![rename(i), rename(i + 100)]
+            } else {
+                vec![rename(i)]
+            };
+            req(Uuid::now_v7(), 0, events)
+        })
+        .collect();
+    batch.insert(7, req(earlier.key_id, 0, vec![rename(999)]));
+    batch.insert(20, earlier);
+    let mut projector = Recording::default();
+    let results = log.append_batch(&batch, &mut projector).unwrap();
+
+    assert!(matches!(
+        results[7],
+        Err(AppendError::Conflict { actual: 1, .. })
+    ));
+    assert_eq!(
+        results[20].as_ref().unwrap(),
+        &original,
+        "a retry returns the stored events"
+    );
+    let new: Vec<&Envelope> = results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![7, 20].contains(i))
+        .flat_map(|(_, r)| r.as_ref().unwrap())
+        .collect();
+    let seqs: Vec<u64> = new.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (2..=41).collect::<Vec<_>>());
+    assert_eq!(
+        projector.0, seqs,
+        "the projector sees each new event once, in order"
+    );
+    let stored = log.read(1, 100).unwrap();
+    assert_eq!(
+        stored.iter().collect::<Vec<_>>(),
+        new,
+        "returned = stored, signatures included"
+    );
+    let verifier = log.signing_keys().verifier();
+    assert_eq!(audit::verify_log(&log, &verifier, |_| {}), Ok(41));
+}

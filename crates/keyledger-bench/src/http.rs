@@ -3,7 +3,7 @@
 //! latency, and sends the next. Requests are prebuilt bytes, so the client's own cost per request
 //! is two syscalls and a header scan: it leaves the cores to the server.
 
-use crate::stats::Latency;
+use crate::stats::{CpuTime, Latency};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,9 +43,13 @@ pub struct Load {
 /// The outcome of a load run.
 pub struct Outcome {
     pub ok: u64,
+    /// Responses over the whole run, warm-up included (for CPU time per request).
+    pub completed: u64,
     pub errors: u64,
     pub secs: f64,
     pub latency: Latency,
+    /// CPU the whole process (server, load generator) used during the run.
+    pub cpu: CpuTime,
 }
 
 impl Outcome {
@@ -89,6 +93,12 @@ impl Conn {
         req: &[u8],
         expect: Option<&[u8]>,
     ) -> std::io::Result<(u16, bool)> {
+        let (status, body) = self.exchange(req).await?;
+        Ok((status, expect.is_none_or(|e| find(body, e).is_some())))
+    }
+
+    /// Sends `req`, returns the status and the body.
+    async fn exchange(&mut self, req: &[u8]) -> std::io::Result<(u16, &[u8])> {
         self.stream.write_all(req).await?;
         self.buf.clear();
         loop {
@@ -112,11 +122,16 @@ impl Conn {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
             }
-            let body = &self.buf[end + 4..total];
-            let matched = expect.is_none_or(|e| find(body, e).is_some());
-            return Ok((status, matched));
+            return Ok((status, &self.buf[end + 4..total]));
         }
     }
+}
+
+/// One `GET path` on a fresh connection: the status and the body.
+pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut conn = Conn::open(addr).await?;
+    let (status, body) = conn.exchange(&request("GET", path, None, None)).await?;
+    Ok((status, body.to_vec()))
 }
 
 /// Runs `load` against `addr` on the current tokio runtime.
@@ -130,7 +145,7 @@ pub async fn run(addr: SocketAddr, load: Load) -> anyhow::Result<Outcome> {
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(addr).await?;
             let mut latency = Latency::new();
-            let (mut ok, mut errors) = (0u64, 0u64);
+            let (mut ok, mut errors, mut completed) = (0u64, 0u64, 0u64);
             tokio::time::sleep_until(start.into()).await;
             let n = load.requests.len();
             let mut i = c % n;
@@ -142,6 +157,7 @@ pub async fn run(addr: SocketAddr, load: Load) -> anyhow::Result<Outcome> {
                 let res = conn.roundtrip(&load.requests[i], load.expect).await;
                 let t1 = Instant::now();
                 i = (i + 1) % n;
+                completed += u64::from(res.is_ok());
                 let good = matches!(res, Ok((s, true)) if s == load.status);
                 if res.is_err() {
                     conn = Conn::open(addr).await?;
@@ -156,18 +172,21 @@ pub async fn run(addr: SocketAddr, load: Load) -> anyhow::Result<Outcome> {
                     errors += 1;
                 }
             }
-            anyhow::Ok((ok, errors, latency))
+            anyhow::Ok((ok, errors, completed, latency))
         }));
     }
     let mut out = Outcome {
         ok: 0,
+        completed: 0,
         errors: 0,
         secs: load.duration.as_secs_f64(),
         latency: Latency::new(),
+        cpu: CpuTime::default(),
     };
     for t in tasks {
-        let (ok, errors, latency) = t.await??;
+        let (ok, errors, completed, latency) = t.await??;
         out.ok += ok;
+        out.completed += completed;
         out.errors += errors;
         out.latency.merge(&latency);
     }

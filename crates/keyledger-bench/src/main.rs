@@ -118,6 +118,8 @@ struct Results {
     verify_http: Option<http::Outcome>,
     creates: Option<http::Outcome>,
     lone_create: Option<http::Outcome>,
+    /// Mean commands per commit and mean commit time during the many-connection creates.
+    create_batches: Option<(f64, f64)>,
     nats: Option<nats::Outcome>,
 }
 
@@ -426,7 +428,9 @@ fn http_scenarios(data: &dataset::Dataset, args: &Args, r: &mut Results) -> anyh
     let verifier = dataset::current_secret(dataset::VERIFIER);
     let run = |name: &str, l: http::Load| -> anyhow::Result<http::Outcome> {
         eprintln!("HTTP {name} ({} connections) ...", l.connections);
-        let out = client_rt.block_on(http::run(addr, l))?;
+        let cpu = stats::CpuTime::now();
+        let mut out = client_rt.block_on(http::run(addr, l))?;
+        out.cpu = stats::CpuTime::now().since(cpu);
         if out.errors > 0 {
             eprintln!("  {name}: {} failed responses", out.errors);
         }
@@ -462,13 +466,49 @@ fn http_scenarios(data: &dataset::Dataset, args: &Args, r: &mut Results) -> anyh
         Some(admin.expose()),
         Some(r#"{"name":"bench create","scopes":["keys:read"]}"#),
     );
+    let before = client_rt.block_on(batch_totals(addr))?;
     r.creates = Some(run(
         "create",
         load(vec![create.clone()], 201, None, args.connections),
     )?);
+    let after = client_rt.block_on(batch_totals(addr))?;
+    let batches = after.count - before.count;
+    if batches > 0.0 {
+        r.create_batches = Some((
+            (after.commands - before.commands) / batches,
+            (after.seconds - before.seconds) / batches,
+        ));
+    }
     r.lone_create = Some(run("create, lone", load(vec![create], 201, None, 1))?);
     server_rt.block_on(server.shutdown());
     Ok(())
+}
+
+/// The writer's commit-batch totals, read from the server's `/metrics`.
+#[derive(Default)]
+struct BatchTotals {
+    count: f64,
+    commands: f64,
+    seconds: f64,
+}
+
+async fn batch_totals(addr: std::net::SocketAddr) -> anyhow::Result<BatchTotals> {
+    let (status, body) = http::get(addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "GET /metrics answered {status}");
+    let mut t = BatchTotals::default();
+    for line in String::from_utf8_lossy(&body).lines() {
+        let Some((name, value)) = line.split_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.trim().parse().unwrap_or(0.0);
+        match name {
+            "keyledger_commit_batch_commands_count" => t.count = value,
+            "keyledger_commit_batch_commands_sum" => t.commands = value,
+            "keyledger_commit_batch_duration_seconds_sum" => t.seconds = value,
+            _ => {}
+        }
+    }
+    Ok(t)
 }
 
 fn print_details(r: &Results) {
@@ -483,6 +523,18 @@ fn print_details(r: &Results) {
             rows.push((name.into(), rate(o.rate()), &o.latency));
         }
     }
+    let cpu_rows: Vec<_> = rows
+        .iter()
+        .zip(
+            [&r.healthz, &r.verify_http, &r.creates, &r.lone_create]
+                .iter()
+                .flat_map(|o| o.as_ref()),
+        )
+        .map(|((name, _, _), o)| {
+            let n = o.completed.max(1) as f64;
+            (name.clone(), o.cpu.total / n, o.cpu.writer / n)
+        })
+        .collect();
     if let Some(n) = &r.nats {
         rows.push((
             format!("commit→ack lag, {}/s", thousands(nats::LAG_RATE)),
@@ -515,6 +567,15 @@ fn print_details(r: &Results) {
             secs(lat.quantile(0.999)),
             secs(lat.quantile(0.9999)),
         );
+    }
+    if cpu_rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("| scenario | CPU per request, all threads | of it, the writer thread |");
+    println!("|---|---|---|");
+    for (name, total, writer) in cpu_rows {
+        println!("| {name} | {} | {} |", secs(total), secs(writer));
     }
 }
 
@@ -560,6 +621,16 @@ fn table(data: &dataset::Dataset, args: &Args, r: &Results) -> Table {
             ratio(x),
             "≥ 20,000/s and ≥ 5×",
             Met::from(cr.rate() >= 20_000.0 && x >= 5.0),
+        );
+    }
+    if let Some((commands, seconds)) = r.create_batches {
+        t.add(
+            format!("create batches, {c} conns (info)"),
+            format!("{commands:.1} commands/commit"),
+            format!("{} per commit", secs(seconds)),
+            "-",
+            "-",
+            Met::NotApplicable,
         );
     }
     if let (Some(lone), Some((_, fl))) = (&r.lone_create, &r.fsync) {

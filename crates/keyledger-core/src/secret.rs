@@ -172,16 +172,42 @@ impl fmt::Debug for SecretHash {
     }
 }
 
+/// Hex in human-readable formats, the 32 raw bytes in binary ones.
 impl Serialize for SecretHash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            s.serialize_bytes(&self.0)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for SecretHash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Self::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+        if d.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            Self::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+        } else {
+            d.deserialize_bytes(RawHash)
+        }
+    }
+}
+
+/// The 32 raw bytes of a [`SecretHash`] in a binary format.
+struct RawHash;
+
+impl serde::de::Visitor<'_> for RawHash {
+    type Value = SecretHash;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("32 bytes")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<SecretHash, E> {
+        <[u8; 32]>::try_from(v)
+            .map(SecretHash)
+            .map_err(|_| E::invalid_length(v.len(), &self))
     }
 }
 

@@ -68,16 +68,26 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// RFC 3339 in human-readable formats (JSON: events, the API); milliseconds since the epoch in
+/// binary ones (the persisted key table).
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_rfc3339())
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_rfc3339())
+        } else {
+            s.serialize_i64(self.0)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Self::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            Self::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+        } else {
+            i64::deserialize(d).map(Timestamp)
+        }
     }
 }
 

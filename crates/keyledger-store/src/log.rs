@@ -270,37 +270,29 @@ impl Log {
     ) -> Result<Vec<AppendResult>, StoreError> {
         let txn = self.database()?.begin_write()?;
         let mut head = read_head(&txn)?;
-        let start_seq = head.seq;
         let mut results = Vec::with_capacity(requests.len());
         // Whether each result holds new events (false: a refused request or a retry's originals).
         let mut fresh = Vec::with_capacity(requests.len());
-        {
-            let mut tables = Tables::open(&txn)?;
-            for req in requests {
-                let (result, new) = self.chain_one(&mut tables, &mut head, req)?;
-                results.push(result);
-                fresh.push(new);
-            }
-            let mut new_events: Vec<&mut Envelope> = results
-                .iter_mut()
-                .zip(&fresh)
-                .filter(|(_, new)| **new)
-                .filter_map(|(r, _)| r.as_mut().ok())
-                .flatten()
-                .collect();
-            let stored = sign_all(&self.keys, &mut new_events)?;
-            for (env, bytes) in new_events.iter().zip(stored) {
-                tables.events.insert(env.seq, bytes.as_slice())?;
-            }
+        let mut tables = Tables::open(&txn)?;
+        for req in requests {
+            let (result, new) = self.chain_one(&mut tables, &mut head, req)?;
+            results.push(result);
+            fresh.push(new);
         }
-        if head.seq != start_seq {
-            let new_events: Vec<&Envelope> = results
-                .iter()
-                .zip(&fresh)
-                .filter(|(_, new)| **new)
-                .filter_map(|(r, _)| r.as_ref().ok())
-                .flatten()
-                .collect();
+        let mut new_events: Vec<&mut Envelope> = results
+            .iter_mut()
+            .zip(&fresh)
+            .filter(|(_, new)| **new)
+            .filter_map(|(r, _)| r.as_mut().ok())
+            .flatten()
+            .collect();
+        let stored = sign_all(&self.keys, &mut new_events)?;
+        for (env, bytes) in new_events.iter().zip(stored) {
+            tables.events.insert(env.seq, bytes.as_slice())?;
+        }
+        drop(tables);
+        let new_events: Vec<&Envelope> = new_events.into_iter().map(|e| &*e).collect();
+        if !new_events.is_empty() {
             projector.apply(&txn, &new_events)?;
             let mut meta = txn.open_table(META)?;
             meta.insert("head", encode_head(&head).as_slice())?;

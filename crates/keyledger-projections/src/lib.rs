@@ -42,8 +42,8 @@ pub fn open_read_model(log: &Log) -> Result<ReadModel, ProjectionError> {
 /// A read model built by folding the whole log from seq 1, ignoring every persisted table.
 pub fn fold_log(log: &Log) -> Result<ReadModel, ProjectionError> {
     let mut model = ReadModel::default();
-    log.for_each(0, |env| {
-        model.apply(&env);
+    log.replay(0, |ev| {
+        model.apply_replayed(&ev);
         Ok(())
     })?;
     Ok(model)

@@ -4,8 +4,8 @@
 //! envelopes, in seq order.
 
 use crate::names::Names;
-use keyledger_core::{KeyState, SecretHash, evolve};
-use keyledger_store::Envelope;
+use keyledger_core::{Event, KeyState, SecretHash, Timestamp, evolve};
+use keyledger_store::{Envelope, ReplayEvent};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
@@ -228,20 +228,24 @@ impl ReadModel {
     /// Applies one committed envelope. Envelopes at or below the head are ignored, so feeding
     /// the same envelope twice is harmless.
     pub fn apply(&mut self, env: &Envelope) {
-        if env.seq <= self.head {
+        self.apply_event(env.seq, env.key_id, env.occurred_at, &env.event);
+    }
+
+    /// [`ReadModel::apply`] for a replayed event.
+    pub fn apply_replayed(&mut self, ev: &ReplayEvent) {
+        self.apply_event(ev.seq, ev.key_id, ev.occurred_at, &ev.event);
+    }
+
+    fn apply_event(&mut self, seq: u64, key_id: Uuid, at: Timestamp, event: &Event) {
+        if seq <= self.head {
             return;
         }
-        self.head = env.seq;
-        let old = self.get(&env.key_id).cloned();
+        self.head = seq;
+        let old = self.get(&key_id).cloned();
         let last_used = old
             .as_ref()
             .map_or(NEVER, |e| e.last_used.load(Ordering::Relaxed));
-        let next = evolve(
-            old.as_ref().map(|e| e.state.clone()),
-            env.key_id,
-            env.occurred_at,
-            &env.event,
-        );
+        let next = evolve(old.as_ref().map(|e| e.state.clone()), key_id, at, event);
         // A hash stays indexed only while it is the key's current or rotating secret (a revoked
         // key keeps its current hash, so that it verifies as REVOKED).
         if let Some(old) = &old {
@@ -252,11 +256,11 @@ impl ReadModel {
                 self.by_hash.remove(&h);
             }
             for t in due_times(&old.state) {
-                self.due.remove(&(t, env.key_id));
+                self.due.remove(&(t, key_id));
             }
         }
         for t in due_times(&next) {
-            self.due.insert((t, env.key_id));
+            self.due.insert((t, key_id));
         }
         let entry = Arc::new(KeyEntry::new(next, last_used));
         self.index_hashes(&entry);

@@ -128,15 +128,13 @@ fn rebuild_all(
 ) -> Result<u64, ProjectionError> {
     let mut states: std::collections::HashMap<Uuid, KeyState> = std::collections::HashMap::new();
     let mut applied = 0u64;
-    let mut last = 0u64;
-    log.for_each(0, |env| {
-        let prev = states.remove(&env.key_id);
+    let last = log.replay(0, |ev| {
+        let prev = states.remove(&ev.key_id);
         states.insert(
-            env.key_id,
-            evolve(prev, env.key_id, env.occurred_at, &env.event),
+            ev.key_id,
+            evolve(prev, ev.key_id, ev.occurred_at, &ev.event),
         );
         applied += 1;
-        last = env.seq;
         if applied.is_multiple_of(65_536) {
             progress(applied, head);
         }

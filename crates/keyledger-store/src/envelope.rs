@@ -123,6 +123,51 @@ impl<'de> Deserialize<'de> for Envelope {
     }
 }
 
+/// What folding an event into a state needs: its position, its key, its time and the event.
+/// [`ReplayEvent::decode`] skips the other members without allocating them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayEvent {
+    pub seq: u64,
+    pub key_id: Uuid,
+    pub occurred_at: Timestamp,
+    pub event: Event,
+}
+
+#[derive(Deserialize)]
+struct WireReplay<'a> {
+    seq: u64,
+    #[serde(rename = "type", borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+    key_id: Uuid,
+    occurred_at: Timestamp,
+}
+
+impl ReplayEvent {
+    /// Decodes the folding members of a stored envelope.
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let w: WireReplay = serde_json::from_slice(bytes)?;
+        Ok(Self {
+            seq: w.seq,
+            key_id: w.key_id,
+            occurred_at: w.occurred_at,
+            event: Event::from_data(&w.event_type, w.data.get())?,
+        })
+    }
+}
+
+impl From<Envelope> for ReplayEvent {
+    fn from(env: Envelope) -> Self {
+        Self {
+            seq: env.seq,
+            key_id: env.key_id,
+            occurred_at: env.occurred_at,
+            event: env.event,
+        }
+    }
+}
+
 /// A stored event as it is published: its stored bytes untouched (they are the envelope's JSON),
 /// and the few members a publisher needs, read without decoding `data`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ pub mod faults;
 pub mod log;
 pub mod signing;
 
-pub use envelope::{Envelope, GENESIS_HASH, RawEvent};
+pub use envelope::{Envelope, GENESIS_HASH, RawEvent, ReplayEvent};
 pub use log::{
     AppendRequest, AppendResult, DEFAULT_CACHE_BYTES, IdempotencyRecord, Log, NoProjection, Opener,
     Projector,

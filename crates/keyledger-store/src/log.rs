@@ -11,7 +11,7 @@
 //! extends the hash chain, signs, lets a [`Projector`] update read models in the same
 //! transaction, and commits durably before anything is acknowledged.
 
-use crate::envelope::{Envelope, GENESIS_HASH, RawEvent, envelope_hash};
+use crate::envelope::{Envelope, GENESIS_HASH, RawEvent, ReplayEvent, envelope_hash};
 use crate::signing::SigningKeys;
 use crate::{AppendError, StoreError};
 use keyledger_core::event::SCHEMA_VERSION;
@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use uuid::Uuid;
 
-const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const STREAM_HEADS: TableDefinition<u128, u64> = TableDefinition::new("stream_heads");
 const STREAM_INDEX: TableDefinition<(u128, u64), u64> = TableDefinition::new("stream_index");
 const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
@@ -137,14 +137,17 @@ impl<'t> Tables<'t> {
 /// are linked before.
 const PARALLEL_SIGNING_MIN: usize = 8;
 
-/// Threads to sign one batch on: the machine's parallelism, at most 4.
-fn signing_threads() -> usize {
+/// Threads to sign a batch or to decode a replay on: the machine's parallelism, at most 4.
+fn parallelism() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
 }
 
+/// Seqs per chunk of a parallel [`Log::replay`].
+pub const REPLAY_CHUNK: u64 = 4096;
+
 /// Signs each linked envelope and encodes it as stored, in order: on the calling thread for
-/// small batches, else split across [`signing_threads`].
+/// small batches, else split across [`parallelism`].
 fn sign_all(keys: &SigningKeys, envs: &mut [&mut Envelope]) -> Result<Vec<Vec<u8>>, StoreError> {
     let seal = |chunk: &mut [&mut Envelope]| -> Result<Vec<Vec<u8>>, StoreError> {
         chunk
@@ -158,7 +161,7 @@ fn sign_all(keys: &SigningKeys, envs: &mut [&mut Envelope]) -> Result<Vec<Vec<u8
             })
             .collect()
     };
-    let threads = signing_threads();
+    let threads = parallelism();
     if envs.len() < PARALLEL_SIGNING_MIN || threads < 2 {
         return seal(envs);
     }
@@ -470,16 +473,84 @@ impl Log {
         Ok(())
     }
 
-    /// Calls `f` with each decoded event after `after`, in order.
-    pub fn for_each(
+    /// Calls `f` with each event after seq `after`, in order, up to the head as of the call;
+    /// returns the last seq passed to `f` (`after` when there was none). Decodes only what
+    /// folding needs ([`ReplayEvent`]), and for long logs on several threads: seqs have no gaps,
+    /// so each thread reads and decodes every n-th chunk of [`REPLAY_CHUNK`] seqs in its own
+    /// read transaction while the calling thread consumes the chunks in order.
+    pub fn replay(
         &self,
         after: u64,
-        mut f: impl FnMut(Envelope) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        self.scan_raw(after, |_, bytes| {
-            f(decode(bytes)?)?;
-            Ok(true)
+        mut f: impl FnMut(ReplayEvent) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let (head, _) = self.head()?;
+        if head <= after {
+            return Ok(after);
+        }
+        let chunks = (head - after).div_ceil(REPLAY_CHUNK);
+        let workers = (parallelism() as u64).min(chunks);
+        if workers < 2 {
+            for ev in self.replay_range(after, head)? {
+                f(ev)?;
+            }
+            return Ok(head);
+        }
+        let range = |k: u64| {
+            (
+                after + k * REPLAY_CHUNK,
+                (after + (k + 1) * REPLAY_CHUNK).min(head),
+            )
+        };
+        std::thread::scope(|s| {
+            let receivers: Vec<_> = (0..workers)
+                .map(|w| {
+                    // Two chunks in flight per thread: decoding stays ahead without holding the log.
+                    let (tx, rx) = std::sync::mpsc::sync_channel(2);
+                    s.spawn(move || {
+                        for k in (w..chunks).step_by(workers as usize) {
+                            let (lo, hi) = range(k);
+                            // A closed channel means the consumer stopped (an error): stop too.
+                            if tx.send(self.replay_range(lo, hi)).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    rx
+                })
+                .collect();
+            for k in 0..chunks {
+                let chunk = receivers[(k % workers) as usize]
+                    .recv()
+                    .map_err(|_| StoreError::Storage("a replay thread stopped".into()))??;
+                for ev in chunk {
+                    f(ev)?;
+                }
+            }
+            Ok(head)
         })
+    }
+
+    /// The events with `lo < seq <= hi`, checked to be exactly those seqs.
+    fn replay_range(&self, lo: u64, hi: u64) -> Result<Vec<ReplayEvent>, StoreError> {
+        let txn = self.database()?.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let mut out = Vec::with_capacity((hi - lo) as usize);
+        for item in events.range(lo + 1..=hi)? {
+            let (k, v) = item?;
+            let ev = ReplayEvent::decode(v.value())
+                .map_err(|e| StoreError::Corrupt(format!("undecodable event: {e}")))?;
+            if ev.seq != k.value() || k.value() != lo + 1 + out.len() as u64 {
+                return Err(StoreError::Corrupt(format!(
+                    "seq {} is out of place",
+                    k.value()
+                )));
+            }
+            out.push(ev);
+        }
+        if out.len() as u64 != hi - lo {
+            return Err(StoreError::Corrupt(format!("events {lo}..={hi} have gaps")));
+        }
+        Ok(out)
     }
 
     /// The whole stream of one key, in version order (empty if it has none).

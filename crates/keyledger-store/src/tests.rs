@@ -1,4 +1,5 @@
 use super::*;
+use crate::log::REPLAY_CHUNK;
 use keyledger_core::event::{Deleted, Updated};
 use keyledger_core::{Event, Timestamp};
 use std::sync::{Arc, Barrier};
@@ -267,4 +268,80 @@ fn a_batch_signed_on_several_threads_is_chained_and_signed_in_log_order() {
     );
     let verifier = log.signing_keys().verifier();
     assert_eq!(audit::verify_log(&log, &verifier, |_| {}), Ok(41));
+}
+
+/// Appends `n` events as renames of keys of 100 events each.
+fn append_renames(log: &Log, n: u32) {
+    let requests: Vec<AppendRequest> = (0..n.div_ceil(100))
+        .map(|k| {
+            let events = (0..100.min(n - k * 100))
+                .map(|i| rename(k * 100 + i))
+                .collect();
+            req(Uuid::now_v7(), 0, events)
+        })
+        .collect();
+    for chunk in requests.chunks(20) {
+        for r in log.append_batch(chunk, &mut NoProjection).unwrap() {
+            r.unwrap();
+        }
+    }
+}
+
+#[test]
+fn replay_passes_every_event_after_a_seq_once_and_in_order_across_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    let n = 2 * REPLAY_CHUNK as u32 + 1_234;
+    append_renames(&log, n);
+    let expected: Vec<ReplayEvent> = log
+        .read(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(ReplayEvent::from)
+        .collect();
+    for after in [0, 1, REPLAY_CHUNK - 1, REPLAY_CHUNK + 7, u64::from(n)] {
+        let mut seen = Vec::new();
+        let last = log
+            .replay(after, |ev| {
+                seen.push(ev);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(last, u64::from(n));
+        assert_eq!(seen, expected[after as usize..], "after {after}");
+    }
+}
+
+#[test]
+fn replay_stops_at_the_first_error_of_its_callback_and_returns_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    append_renames(&log, 3 * REPLAY_CHUNK as u32);
+    let mut calls = 0;
+    let err = log
+        .replay(0, |ev| {
+            calls += 1;
+            if ev.seq == REPLAY_CHUNK + 5 {
+                return Err(StoreError::Storage("stop".into()));
+            }
+            Ok(())
+        })
+        .unwrap_err();
+    assert_eq!(err, StoreError::Storage("stop".into()));
+    assert_eq!(calls, REPLAY_CHUNK + 5);
+}
+
+#[test]
+fn replay_reports_a_gap_in_the_log_instead_of_skipping_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    append_renames(&log, 2 * REPLAY_CHUNK as u32 + 10);
+    let txn = log.database().unwrap().begin_write().unwrap();
+    txn.open_table(crate::log::EVENTS)
+        .unwrap()
+        .remove(REPLAY_CHUNK + 3)
+        .unwrap();
+    txn.commit().unwrap();
+    let err = log.replay(0, |_| Ok(())).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
 }

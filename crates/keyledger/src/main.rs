@@ -228,6 +228,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    // Installed before "listening" is printed: a SIGTERM that follows it must stop cleanly.
+    let shutdown = shutdown_signal()?;
     let server = start(opts).await?;
     if let Some(secret) = &server.bootstrap_secret {
         eprintln!(
@@ -235,25 +237,30 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         );
     }
     eprintln!("keyledger: listening on {scheme}://{}", server.addr);
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Registers the SIGTERM and SIGINT handlers now; the future completes at the first signal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {

@@ -179,21 +179,32 @@ fn update(state: &KeyState, patch: &KeyPatch, now: Timestamp) -> Result<Vec<Even
 /// On an event that cannot follow the state (e.g. `key.updated` before `key.created`): the log
 /// only ever holds events that [`decide`] produced, so this is a corrupted log.
 pub fn evolve(state: Option<KeyState>, key_id: Uuid, at: Timestamp, event: &Event) -> KeyState {
+    evolve_owned(state, key_id, at, event.clone())
+}
+
+/// [`evolve`] taking the event by value: its strings move into the state instead of being
+/// copied (replays, which drop each event after folding it).
+pub fn evolve_owned(
+    state: Option<KeyState>,
+    key_id: Uuid,
+    at: Timestamp,
+    event: Event,
+) -> KeyState {
     if let Event::Created(c) = event {
         assert!(state.is_none(), "key.created on an existing stream");
         return KeyState {
             id: key_id,
-            account: c.account.clone(),
-            name: c.name.clone(),
-            owner: c.owner.clone(),
-            role: c.role.clone(),
-            scopes: c.scopes.clone(),
-            allowed_ips: c.allowed_ips.clone(),
+            account: c.account,
+            name: c.name,
+            owner: c.owner,
+            role: c.role,
+            scopes: c.scopes,
+            allowed_ips: c.allowed_ips,
             enabled: c.enabled,
             expires_at: c.expires_at,
-            metadata: c.metadata.clone(),
-            prefix: c.prefix.clone(),
-            hint: c.hint.clone(),
+            metadata: c.metadata,
+            prefix: c.prefix,
+            hint: c.hint,
             secret_hash: c.secret_hash,
             previous: None,
             created_at: at,
@@ -210,20 +221,20 @@ pub fn evolve(state: Option<KeyState>, key_id: Uuid, at: Timestamp, event: &Even
         Event::Created(_) => unreachable!("handled above"),
         Event::Updated(u) => {
             s.updated_at = at;
-            if let Some(v) = &u.name {
-                s.name.clone_from(v);
+            if let Some(v) = u.name {
+                s.name = v;
             }
-            if let Some(v) = &u.owner {
-                s.owner.clone_from(v);
+            if let Some(v) = u.owner {
+                s.owner = v;
             }
-            if let Some(v) = &u.role {
-                s.role.clone_from(v);
+            if let Some(v) = u.role {
+                s.role = v;
             }
-            if let Some(v) = &u.scopes {
-                s.scopes.clone_from(v);
+            if let Some(v) = u.scopes {
+                s.scopes = v;
             }
-            if let Some(v) = &u.allowed_ips {
-                s.allowed_ips.clone_from(v);
+            if let Some(v) = u.allowed_ips {
+                s.allowed_ips = v;
             }
             if let Some(v) = u.enabled {
                 s.enabled = v;
@@ -232,8 +243,8 @@ pub fn evolve(state: Option<KeyState>, key_id: Uuid, at: Timestamp, event: &Even
                 s.expires_at = v;
                 s.expired = false;
             }
-            if let Some(v) = &u.metadata {
-                s.metadata.clone_from(v);
+            if let Some(v) = u.metadata {
+                s.metadata = v;
             }
         }
         Event::Rotated(r) => {
@@ -244,7 +255,7 @@ pub fn evolve(state: Option<KeyState>, key_id: Uuid, at: Timestamp, event: &Even
                 until,
             });
             s.secret_hash = r.secret_hash;
-            s.hint.clone_from(&r.hint);
+            s.hint = r.hint;
         }
         Event::Deleted(_) => {
             s.updated_at = at;

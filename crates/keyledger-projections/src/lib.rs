@@ -43,7 +43,7 @@ pub fn open_read_model(log: &Log) -> Result<ReadModel, ProjectionError> {
 pub fn fold_log(log: &Log) -> Result<ReadModel, ProjectionError> {
     let mut model = ReadModel::default();
     log.replay(0, |ev| {
-        model.apply_replayed(&ev);
+        model.apply_replayed(ev);
         Ok(())
     })?;
     Ok(model)

@@ -3,7 +3,7 @@
 //! applied seq) in the same transaction. It can therefore never disagree with the log.
 
 use crate::ProjectionError;
-use keyledger_core::{KeyState, evolve};
+use keyledger_core::{KeyState, evolve, evolve_owned};
 use keyledger_store::{Envelope, Log, Projector, StoreError};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
@@ -126,27 +126,37 @@ fn rebuild_all(
     head: u64,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, ProjectionError> {
-    let mut states: std::collections::HashMap<Uuid, KeyState> = std::collections::HashMap::new();
+    // States live in a Vec and the map holds only their index: growing the map and sorting by id
+    // then move 20-byte pairs, not whole states.
+    let mut slots: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
+    let mut states: Vec<Option<KeyState>> = Vec::new();
     let mut applied = 0u64;
     let last = log.replay(0, |ev| {
-        let prev = states.remove(&ev.key_id);
-        states.insert(
+        let i = *slots.entry(ev.key_id).or_insert_with(|| {
+            states.push(None);
+            states.len() - 1
+        });
+        let state = &mut states[i];
+        *state = Some(evolve_owned(
+            state.take(),
             ev.key_id,
-            evolve(prev, ev.key_id, ev.occurred_at, &ev.event),
-        );
+            ev.occurred_at,
+            ev.event,
+        ));
         applied += 1;
         if applied.is_multiple_of(65_536) {
             progress(applied, head);
         }
         Ok(())
     })?;
-    let mut ordered: Vec<(Uuid, KeyState)> = states.into_iter().collect();
+    let mut ordered: Vec<(Uuid, usize)> = slots.into_iter().collect();
     ordered.sort_unstable_by_key(|(id, _)| *id);
     let txn = log.database()?.begin_write().map_err(storage)?;
     txn.delete_table(KEYS).map_err(storage)?;
     {
         let mut table = txn.open_table(KEYS).map_err(storage)?;
-        for (id, state) in &ordered {
+        for (id, i) in &ordered {
+            let state = states[*i].as_ref().expect("every slot holds a state");
             table
                 .insert(id.as_u128(), encode_state(state)?.as_slice())
                 .map_err(storage)?;

@@ -111,6 +111,33 @@ struct Head {
     hash: String,
 }
 
+/// What [`Log::chain_one`] made of a request.
+enum Chained {
+    /// Linked into the chain: new events, to be signed and stored.
+    New(Vec<Envelope>),
+    /// Refused (a version conflict); nothing written.
+    Answered(AppendResult),
+    /// Its first event id is already in the log (or earlier in this batch) at this seq.
+    Committed(u64),
+}
+
+/// The answer to a retried request: the events stored for its ids, if they are the same events
+/// (same ids, same key) as it asks for, else `IdReused`.
+fn same_events<'a>(
+    req: &AppendRequest,
+    stored: impl Iterator<Item = &'a Envelope>,
+) -> AppendResult {
+    let mut stored = stored;
+    let mut out = Vec::with_capacity(req.events.len());
+    for (id, _) in &req.events {
+        match stored.next() {
+            Some(env) if env.id == *id && env.key_id == req.key_id => out.push(env.clone()),
+            _ => return Err(AppendError::IdReused { event_id: *id }),
+        }
+    }
+    Ok(out)
+}
+
 /// The log's tables, opened once per write transaction rather than once per event.
 struct Tables<'t> {
     events: redb::Table<'t, u64, &'static [u8]>,
@@ -273,12 +300,24 @@ impl Log {
     ) -> Result<Vec<AppendResult>, StoreError> {
         let txn = self.database()?.begin_write()?;
         let mut head = read_head(&txn)?;
+        let start_seq = head.seq;
         let mut results = Vec::with_capacity(requests.len());
         // Whether each result holds new events (false: a refused request or a retry's originals).
         let mut fresh = Vec::with_capacity(requests.len());
+        // Requests that repeat an earlier request of this batch: (index, first seq). Their
+        // answer is that request's events, which exist only once the batch is signed.
+        let mut repeats = Vec::new();
         let mut tables = Tables::open(&txn)?;
-        for req in requests {
-            let (result, new) = self.chain_one(&mut tables, &mut head, req)?;
+        for (i, req) in requests.iter().enumerate() {
+            let (result, new) = match self.chain_one(&mut tables, &mut head, req)? {
+                Chained::New(events) => (Ok(events), true),
+                Chained::Answered(result) => (result, false),
+                Chained::Committed(seq) if seq > start_seq => {
+                    repeats.push((i, seq));
+                    (Ok(Vec::new()), false)
+                }
+                Chained::Committed(seq) => (self.committed_retry(&tables, seq, req)?, false),
+            };
             results.push(result);
             fresh.push(new);
         }
@@ -295,6 +334,15 @@ impl Log {
         }
         drop(tables);
         let new_events: Vec<&Envelope> = new_events.into_iter().map(|e| &*e).collect();
+        // New events have the seqs start_seq + 1, start_seq + 2, ... in order.
+        let repeated: Vec<(usize, AppendResult)> = repeats
+            .into_iter()
+            .map(|(i, seq)| {
+                let first = (seq - start_seq - 1) as usize;
+                let stored = new_events.get(first..).unwrap_or_default();
+                (i, same_events(&requests[i], stored.iter().copied()))
+            })
+            .collect();
         if !new_events.is_empty() {
             projector.apply(&txn, &new_events)?;
             let mut meta = txn.open_table(META)?;
@@ -303,6 +351,9 @@ impl Log {
             projector.finish(&txn, head.seq)?;
         }
         txn.commit()?;
+        for (i, result) in repeated {
+            results[i] = result;
+        }
         Ok(results)
     }
 
@@ -319,29 +370,28 @@ impl Log {
     }
 
     /// Checks one request and links its events into the chain, unsigned and not yet stored in
-    /// `events` (see [`sign_all`]). The flag says whether the events are new.
+    /// `events` (see [`sign_all`]).
     fn chain_one(
         &self,
         t: &mut Tables<'_>,
         head: &mut Head,
         req: &AppendRequest,
-    ) -> Result<(AppendResult, bool), StoreError> {
+    ) -> Result<Chained, StoreError> {
         let key = req.key_id.as_u128();
         if let Some((first_id, _)) = req.events.first() {
             // A retry of an append that already committed returns the original events.
             let seen = t.ids.get(first_id.as_u128())?.map(|v| v.value());
             if let Some(seq) = seen {
-                return Ok((self.committed_retry(t, seq, req)?, false));
+                return Ok(Chained::Committed(seq));
             }
         }
         let actual = t.heads.get(key)?.map_or(0, |v| v.value());
         if actual != req.expected_version {
-            let conflict = AppendError::Conflict {
+            return Ok(Chained::Answered(Err(AppendError::Conflict {
                 key_id: req.key_id,
                 expected: req.expected_version,
                 actual,
-            };
-            return Ok((Err(conflict), false));
+            })));
         }
         let mut out = Vec::with_capacity(req.events.len());
         let mut version = actual;
@@ -361,28 +411,25 @@ impl Log {
             let bytes = serde_json::to_vec(&rec).map_err(StoreError::encode)?;
             t.idempotency.insert(rec.key.as_str(), bytes.as_slice())?;
         }
-        Ok((Ok(out), true))
+        Ok(Chained::New(out))
     }
 
-    /// The stored events of a retried request whose first event id committed at `seq`.
+    /// The stored events of a retried request whose first event id committed at `seq` in an
+    /// earlier transaction.
     fn committed_retry(
         &self,
         t: &Tables<'_>,
         seq: u64,
         req: &AppendRequest,
     ) -> Result<AppendResult, StoreError> {
-        let mut out = Vec::with_capacity(req.events.len());
-        for (i, (id, _)) in req.events.iter().enumerate() {
-            let env = match t.events.get(seq + i as u64)? {
-                Some(bytes) => decode(bytes.value())?,
-                None => return Ok(Err(AppendError::IdReused { event_id: *id })),
-            };
-            if env.id != *id || env.key_id != req.key_id {
-                return Ok(Err(AppendError::IdReused { event_id: *id }));
+        let mut stored = Vec::with_capacity(req.events.len());
+        for i in 0..req.events.len() as u64 {
+            match t.events.get(seq + i)? {
+                Some(bytes) => stored.push(decode(bytes.value())?),
+                None => break,
             }
-            out.push(env);
         }
-        Ok(Ok(out))
+        Ok(same_events(req, stored.iter()))
     }
 
     /// Gives an event its seq and links it to the chain (its `hash`); [`sign_all`] signs it.

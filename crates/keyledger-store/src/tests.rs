@@ -345,3 +345,25 @@ fn replay_reports_a_gap_in_the_log_instead_of_skipping_it() {
     let err = log.replay(0, |_| Ok(())).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
 }
+
+#[test]
+fn a_request_repeated_within_one_batch_gets_the_first_ones_events_and_writes_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    let first = req(Uuid::now_v7(), 0, vec![rename(1), rename(2)]);
+    let mut other_key = first.clone();
+    other_key.key_id = Uuid::now_v7();
+    let batch = vec![
+        first.clone(),
+        req(Uuid::now_v7(), 0, vec![rename(3)]),
+        first,
+        other_key,
+    ];
+    let results = log.append_batch(&batch, &mut NoProjection).unwrap();
+
+    let original = results[0].as_ref().unwrap();
+    assert_eq!(results[2].as_ref().unwrap(), original, "signed, as stored");
+    assert!(matches!(results[3], Err(AppendError::IdReused { .. })));
+    assert_eq!(log.head().unwrap().0, 3);
+    assert_eq!(&log.read(0, 10).unwrap()[..2], &original[..]);
+}

@@ -72,6 +72,8 @@ pub struct Config {
     pub header_read_timeout: Option<Duration>,
     /// Connections one address may hold open.
     pub max_connections_per_ip: Option<usize>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for Config {
@@ -83,6 +85,7 @@ impl Default for Config {
             key_rate_limit: None,
             header_read_timeout: None,
             max_connections_per_ip: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -143,6 +146,7 @@ impl Harness {
         opts.bootstrap_key = self.config.bootstrap_key.clone();
         opts.nats_url = self.config.nats_url.clone();
         opts.key_rate_limit = self.config.key_rate_limit;
+        opts.trusted_proxies = self.config.trusted_proxies.clone();
         if let Some(t) = self.config.header_read_timeout {
             opts.limits.header_read_timeout = t;
         }

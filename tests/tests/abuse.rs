@@ -53,6 +53,74 @@ async fn repeated_failed_authentication_from_one_address_gets_429_with_retry_aft
     assert_eq!(v.status(), 200);
 }
 
+/// `/v1/me` presenting `key` through a proxy that says the client is `client`.
+async fn me_via(h: &Harness, key: &str, client: &str) -> u16 {
+    h.request(reqwest::Method::GET, "/v1/me")
+        .bearer_auth(key)
+        .header("X-Forwarded-For", client)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Sends bad keys "from" `client` until answered 429; returns the attempts that took.
+async fn fail_until_limited(h: &Harness, client: &str) -> Option<usize> {
+    let wrong = well_formed_key(98);
+    for i in 0..40 {
+        match me_via(h, &wrong, client).await {
+            401 => continue,
+            429 => return Some(i),
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_limits_and_allowed_ips_apply_to_the_forwarded_client() {
+    let h = Harness::start_with(Config {
+        trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+        ..Config::default()
+    })
+    .await;
+    assert!(fail_until_limited(&h, "203.0.113.7").await.is_some());
+    assert_eq!(me_via(&h, &h.admin, "203.0.113.7").await, 429);
+    // Another client behind the same proxy is not locked out.
+    assert_eq!(me_via(&h, &h.admin, "203.0.113.8").await, 200);
+
+    let (_, secret) = h
+        .create_key(serde_json::json!({"name": "office only", "allowed_ips": ["198.51.100.0/24"]}))
+        .await;
+    assert_eq!(me_via(&h, &secret, "198.51.100.20").await, 200);
+    assert_eq!(me_via(&h, &secret, "192.0.2.20").await, 401);
+    assert_eq!(
+        h.get("/v1/me", &secret).await.status,
+        401,
+        "the proxy itself is not allowed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_trusted_proxies_x_forwarded_for_is_ignored() {
+    let h = Harness::start().await;
+    let wrong = well_formed_key(97);
+    let mut limited = false;
+    // A brute-forcer cannot dodge the limit by naming a new client each time.
+    for i in 0..40 {
+        match me_via(&h, &wrong, &format!("203.0.113.{i}")).await {
+            401 => continue,
+            429 => {
+                limited = true;
+                break;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert!(limited, "bad keys are limited by the peer address");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_key_rate_limit_answers_429_to_that_key_only() {
     let h = Harness::start_with(Config {

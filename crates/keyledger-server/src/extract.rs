@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use keyledger_service::{Actor, Caller, Idempotency, KeyEntry};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// A JSON body: `Content-Type` must be JSON (415), size within the limit (413), syntax valid
@@ -261,15 +261,43 @@ pub(crate) fn presented_key(parts: &Parts, allow_query: bool) -> Option<String> 
     None
 }
 
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, the right-most
+/// address of `X-Forwarded-For` that is not itself a trusted proxy. Proxies append the address
+/// they received from, so entries left of the first untrusted one may be forged and are never
+/// read; an unreadable entry ends the walk at the last address that could be trusted.
+pub fn client_ip(parts: &Parts, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    let hops: Vec<&str> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => client = ip,
+            Ok(ip) => return Some(ip),
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let key = presented_key(parts, state.allow_query_key);
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        let ip = client_ip(parts, &state.trusted_proxies);
         let now = std::time::Instant::now();
         // A client that keeps presenting bad keys is slowed down before any lookup.
         if let Some(ip) = ip
@@ -298,5 +326,66 @@ impl FromRequestParts<AppState> for Auth {
             ));
         }
         Ok(Auth { caller, entry })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(peer: &str, forwarded: &[&str]) -> Parts {
+        let mut req = axum::http::Request::builder().uri("/v1/me");
+        for v in forwarded {
+            req = req.header("x-forwarded-for", *v);
+        }
+        let (mut parts, ()) = req.body(()).unwrap().into_parts();
+        let peer: SocketAddr = format!("{peer}:4000").parse().unwrap();
+        parts.extensions.insert(ConnectInfo(peer));
+        parts
+    }
+
+    #[test]
+    fn the_client_address_comes_from_x_forwarded_for_only_through_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.0.2.1/32".parse().unwrap(),
+        ];
+        let cases: &[(&str, &[&str], &[ipnet::IpNet], &str)] = &[
+            // Nothing trusted: the peer, whatever the header says.
+            ("203.0.113.9", &["198.51.100.1"], &[], "203.0.113.9"),
+            // An untrusted peer cannot name another client.
+            ("203.0.113.9", &["198.51.100.1"], &trusted, "203.0.113.9"),
+            // A trusted proxy names its client.
+            ("10.1.2.3", &["198.51.100.1"], &trusted, "198.51.100.1"),
+            // Forged entries left of the first untrusted hop are never read.
+            (
+                "10.1.2.3",
+                &["1.1.1.1, 198.51.100.1, 192.0.2.1"],
+                &trusted,
+                "198.51.100.1",
+            ),
+            // Several header lines are one list, in order.
+            (
+                "10.1.2.3",
+                &["1.1.1.1", "198.51.100.1"],
+                &trusted,
+                "198.51.100.1",
+            ),
+            // Only trusted hops: the left-most of them.
+            ("10.1.2.3", &["10.9.9.9, 192.0.2.1"], &trusted, "10.9.9.9"),
+            // No header, or an unreadable hop: the last address that could be trusted.
+            ("10.1.2.3", &[], &trusted, "10.1.2.3"),
+            ("10.1.2.3", &["198.51.100.1, junk"], &trusted, "10.1.2.3"),
+            ("10.1.2.3", &["junk, 10.4.4.4"], &trusted, "10.4.4.4"),
+            ("10.1.2.3", &[" 2001:db8::7 "], &trusted, "2001:db8::7"),
+        ];
+        for (peer, forwarded, trusted, expected) in cases {
+            let got = client_ip(&parts(peer, forwarded), trusted);
+            assert_eq!(
+                got,
+                Some(expected.parse().unwrap()),
+                "peer {peer}, X-Forwarded-For {forwarded:?}"
+            );
+        }
     }
 }

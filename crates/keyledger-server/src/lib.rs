@@ -42,6 +42,8 @@ pub struct AppState {
     pub service: Service,
     pub metrics: Arc<metrics::Metrics>,
     pub allow_query_key: bool,
+    /// Peers whose `X-Forwarded-For` names the client (see [`extract::client_ip`]).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// Becomes `true` when the server shuts down: ends the live event streams.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub limits: Arc<RateLimits>,
@@ -66,6 +68,10 @@ pub struct ServerConfig {
     pub key_rate_limit: Option<u32>,
     /// Longest time to receive a request and produce its response head.
     pub request_timeout: std::time::Duration,
+    /// Reverse proxies in front of the server: for requests from these addresses the client
+    /// address (for the failed-authentication limit and a key's `allowed_ips`) is taken from
+    /// `X-Forwarded-For`. Empty: the header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +81,7 @@ impl Default for ServerConfig {
             failed_auth_burst: 20,
             key_rate_limit: None,
             request_timeout: std::time::Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -123,6 +130,7 @@ pub fn router(
         service,
         metrics,
         allow_query_key: config.allow_query_key,
+        trusted_proxies: config.trusted_proxies.into(),
         shutdown,
         limits: Arc::new(limits),
     };

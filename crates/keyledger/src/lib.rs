@@ -32,6 +32,8 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Requests per second each API key may make; `None`: unlimited.
     pub key_rate_limit: Option<u32>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Connection-level limits (header read timeout, connection cap).
     pub limits: Limits,
 }
@@ -48,6 +50,7 @@ impl ServeOptions {
             nats_url: None,
             tls: None,
             key_rate_limit: None,
+            trusted_proxies: Vec::new(),
             limits: Limits::default(),
         }
     }
@@ -150,6 +153,7 @@ pub async fn start_with(
         ServerConfig {
             allow_query_key: opts.allow_query_key,
             key_rate_limit: opts.key_rate_limit,
+            trusted_proxies: opts.trusted_proxies.clone(),
             ..ServerConfig::default()
         },
         metrics,

@@ -68,6 +68,12 @@ enum Command {
         /// Requests per second each API key may make (burst: twice that); 429 beyond.
         #[arg(long, env = "KEYLEDGER_KEY_RATE_LIMIT")]
         key_rate_limit: Option<u32>,
+        /// A reverse proxy (address or CIDR; repeat or separate with commas) whose
+        /// `X-Forwarded-For` names the client, for the failed-authentication limit and keys'
+        /// allowed IPs. Without it the header is ignored.
+        #[arg(long = "trusted-proxy", env = "KEYLEDGER_TRUSTED_PROXIES", value_delimiter = ',',
+              value_parser = parse_net)]
+        trusted_proxies: Vec<ipnet::IpNet>,
     },
     /// Rebuild every read model from the log.
     Replay {
@@ -186,6 +192,7 @@ fn main() -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             key_rate_limit,
+            trusted_proxies,
         } => rt.block_on(serve(ServeOptions {
             data_dir: data.data_dir,
             listen,
@@ -195,6 +202,7 @@ fn main() -> anyhow::Result<()> {
             nats_url,
             tls: tls_cert.zip(tls_key),
             key_rate_limit,
+            trusted_proxies,
             limits: keyledger_server::Limits::default(),
         })),
         Command::Replay { data } => replay(&data),
@@ -241,6 +249,14 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// An address (a /32 or /128) or a CIDR network.
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{s}` is neither an IP address nor a CIDR network"))
 }
 
 /// Registers the SIGTERM and SIGINT handlers now; the future completes at the first signal.
@@ -392,4 +408,18 @@ async fn run_keys(service: &Service, cmd: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_net;
+
+    #[test]
+    fn a_trusted_proxy_is_an_address_or_a_network() {
+        assert_eq!(parse_net("10.0.0.1").unwrap().to_string(), "10.0.0.1/32");
+        assert_eq!(parse_net(" 10.0.0.0/8 ").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_net("::1").unwrap().to_string(), "::1/128");
+        let err = parse_net("proxy.local").unwrap_err();
+        assert!(err.contains("`proxy.local`"), "{err}");
+    }
 }

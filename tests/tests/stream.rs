@@ -169,3 +169,76 @@ async fn the_stream_filters_by_type_and_needs_events_read() {
         .await
         .expect_error(400, "validation_failed");
 }
+
+/// More events than the live broadcast holds (8,192) plus what socket buffers absorb, written
+/// while a client with a small receive buffer has its stream open but reads nothing: every
+/// write succeeds, and the client, when it reads at last, gets every event once and in order
+/// (its stream fell behind the broadcast and went back to the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_reader_neither_blocks_writers_nor_loses_events() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let h = Harness::start().await;
+    let addr: std::net::SocketAddr = h.url("").trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET /v1/events/stream?after=0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        h.admin
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+
+    let (tasks, per_task) = (32, 500);
+    let writers: Vec<_> = (0..tasks)
+        .map(|t| {
+            let (client, url, admin) = (reqwest::Client::new(), h.url("/v1/keys"), h.admin.clone());
+            tokio::spawn(async move {
+                for i in 0..per_task {
+                    let r = client
+                        .post(&url)
+                        .bearer_auth(&admin)
+                        .json(&json!({ "name": format!("w{t}-{i}") }))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 201);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let head = (tasks * per_task + 1) as u64;
+
+    // Now read: the response head, then the chunked body, collecting the `id:` lines.
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let (mut body, mut next) = (String::new(), 1u64);
+    while next <= head {
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+        let size = usize::from_str_radix(line.trim(), 16).expect("a chunk size");
+        let mut chunk = vec![0; size + 2];
+        r.read_exact(&mut chunk).await.unwrap();
+        body.push_str(std::str::from_utf8(&chunk[..size]).unwrap());
+        while let Some(end) = body.find('\n') {
+            let l: String = body.drain(..=end).collect();
+            if let Some(id) = l.strip_prefix("id:") {
+                assert_eq!(
+                    id.trim().parse::<u64>().unwrap(),
+                    next,
+                    "every event once, in order"
+                );
+                next += 1;
+            }
+        }
+    }
+}

@@ -73,6 +73,23 @@ impl Sse {
     }
 }
 
+/// A task of its own that creates keys with these names one after the other, each a 201.
+fn spawn_creates(h: &Harness, names: Vec<String>) -> tokio::task::JoinHandle<()> {
+    let (client, url, admin) = (reqwest::Client::new(), h.url("/v1/keys"), h.admin.clone());
+    tokio::spawn(async move {
+        for name in names {
+            let r = client
+                .post(&url)
+                .bearer_auth(&admin)
+                .json(&json!({ "name": name }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    })
+}
+
 /// Creates keys and changes them: returns the log's head seq.
 async fn history(h: &Harness, keys: usize) -> u64 {
     for i in 0..keys {
@@ -128,19 +145,7 @@ async fn the_stream_keeps_order_while_writes_race_it() {
     let mut s = Sse::open(&h, "?after=0", None).await;
     let writes = 60;
     let creates: Vec<_> = (0..writes)
-        .map(|i| {
-            let (client, url, admin) = (reqwest::Client::new(), h.url("/v1/keys"), h.admin.clone());
-            tokio::spawn(async move {
-                let r = client
-                    .post(url)
-                    .bearer_auth(admin)
-                    .json(&json!({ "name": format!("race{i}") }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 201);
-            })
-        })
+        .map(|i| spawn_creates(&h, vec![format!("race{i}")]))
         .collect();
     for expected in 1..=writes + 1 {
         assert_eq!(s.next().await.id, expected as u64);
@@ -190,21 +195,7 @@ async fn a_stalled_stream_reader_neither_blocks_writers_nor_loses_events() {
 
     let (tasks, per_task) = (32, 500);
     let writers: Vec<_> = (0..tasks)
-        .map(|t| {
-            let (client, url, admin) = (reqwest::Client::new(), h.url("/v1/keys"), h.admin.clone());
-            tokio::spawn(async move {
-                for i in 0..per_task {
-                    let r = client
-                        .post(&url)
-                        .bearer_auth(&admin)
-                        .json(&json!({ "name": format!("w{t}-{i}") }))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(r.status(), 201);
-                }
-            })
-        })
+        .map(|t| spawn_creates(&h, (0..per_task).map(|i| format!("w{t}-{i}")).collect()))
         .collect();
     for w in writers {
         w.await.unwrap();

@@ -536,18 +536,22 @@ impl Log {
         }
         let chunks = (head - after).div_ceil(REPLAY_CHUNK);
         let workers = (parallelism() as u64).min(chunks);
-        if workers < 2 {
-            for ev in self.replay_range(after, head)? {
-                f(ev)?;
-            }
-            return Ok(head);
-        }
         let range = |k: u64| {
             (
                 after + k * REPLAY_CHUNK,
                 (after + (k + 1) * REPLAY_CHUNK).min(head),
             )
         };
+        if workers < 2 {
+            // One chunk at a time here too: a long log is never held in memory whole.
+            for k in 0..chunks {
+                let (lo, hi) = range(k);
+                for ev in self.replay_range(lo, hi)? {
+                    f(ev)?;
+                }
+            }
+            return Ok(head);
+        }
         std::thread::scope(|s| {
             let receivers: Vec<_> = (0..workers)
                 .map(|w| {

@@ -4,9 +4,8 @@
 //! envelopes, in seq order.
 
 use crate::names::Names;
-use keyledger_core::{Event, KeyState, SecretHash, Timestamp, evolve, evolve_owned};
+use keyledger_core::{Event, KeyState, SecretHash, Timestamp, evolve_owned};
 use keyledger_store::{Envelope, ReplayEvent};
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
@@ -229,20 +228,16 @@ impl ReadModel {
     /// Applies one committed envelope. Envelopes at or below the head are ignored, so feeding
     /// the same envelope twice is harmless.
     pub fn apply(&mut self, env: &Envelope) {
-        self.apply_event(
-            env.seq,
-            env.key_id,
-            env.occurred_at,
-            Cow::Borrowed(&env.event),
-        );
+        self.apply_event(env.seq, env.key_id, env.occurred_at, env.event.clone());
     }
 
     /// [`ReadModel::apply`] for a replayed event, which it consumes.
     pub fn apply_replayed(&mut self, ev: ReplayEvent) {
-        self.apply_event(ev.seq, ev.key_id, ev.occurred_at, Cow::Owned(ev.event));
+        self.apply_event(ev.seq, ev.key_id, ev.occurred_at, ev.event);
     }
 
-    fn apply_event(&mut self, seq: u64, key_id: Uuid, at: Timestamp, event: Cow<'_, Event>) {
+    /// Folds `event` (owned: `evolve` would copy it anyway) into the key's entry.
+    fn apply_event(&mut self, seq: u64, key_id: Uuid, at: Timestamp, event: Event) {
         if seq <= self.head {
             return;
         }
@@ -251,11 +246,7 @@ impl ReadModel {
         let last_used = old
             .as_ref()
             .map_or(NEVER, |e| e.last_used.load(Ordering::Relaxed));
-        let old_state = old.as_ref().map(|e| e.state.clone());
-        let next = match event {
-            Cow::Borrowed(event) => evolve(old_state, key_id, at, event),
-            Cow::Owned(event) => evolve_owned(old_state, key_id, at, event),
-        };
+        let next = evolve_owned(old.as_ref().map(|e| e.state.clone()), key_id, at, event);
         // A hash stays indexed only while it is the key's current or rotating secret (a revoked
         // key keeps its current hash, so that it verifies as REVOKED).
         if let Some(old) = &old {

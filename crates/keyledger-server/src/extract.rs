@@ -275,14 +275,13 @@ pub fn client_ip(parts: &Parts, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
         return Some(peer);
     }
     let mut client = peer;
-    let hops: Vec<&str> = parts
+    let hops = parts
         .headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    for hop in hops.iter().rev() {
+        .flat_map(|v| v.split(','));
+    for hop in hops.rev() {
         match hop.trim().parse::<IpAddr>() {
             Ok(ip) if is_trusted(&ip) => client = ip,
             Ok(ip) => return Some(ip),

@@ -136,6 +136,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)
 
 /// Runs `load` against `addr` on the current tokio runtime.
 pub async fn run(addr: SocketAddr, load: Load) -> anyhow::Result<Outcome> {
+    let cpu = CpuTime::now();
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + load.warmup;
     let end = measure_from + load.duration;
@@ -190,5 +191,6 @@ pub async fn run(addr: SocketAddr, load: Load) -> anyhow::Result<Outcome> {
         out.errors += errors;
         out.latency.merge(&latency);
     }
+    out.cpu = CpuTime::now().since(cpu);
     Ok(out)
 }

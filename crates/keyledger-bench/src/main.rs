@@ -428,9 +428,7 @@ fn http_scenarios(data: &dataset::Dataset, args: &Args, r: &mut Results) -> anyh
     let verifier = dataset::current_secret(dataset::VERIFIER);
     let run = |name: &str, l: http::Load| -> anyhow::Result<http::Outcome> {
         eprintln!("HTTP {name} ({} connections) ...", l.connections);
-        let cpu = stats::CpuTime::now();
-        let mut out = client_rt.block_on(http::run(addr, l))?;
-        out.cpu = stats::CpuTime::now().since(cpu);
+        let out = client_rt.block_on(http::run(addr, l))?;
         if out.errors > 0 {
             eprintln!("  {name}: {} failed responses", out.errors);
         }
@@ -513,6 +511,8 @@ async fn batch_totals(addr: std::net::SocketAddr) -> anyhow::Result<BatchTotals>
 
 fn print_details(r: &Results) {
     let mut rows: Vec<(String, String, &Latency)> = Vec::new();
+    // Per HTTP scenario: CPU per request, all threads and the writer thread.
+    let mut cpu_rows: Vec<(&str, f64, f64)> = Vec::new();
     for (name, o) in [
         ("GET /healthz", &r.healthz),
         ("POST /v1/verify", &r.verify_http),
@@ -521,20 +521,10 @@ fn print_details(r: &Results) {
     ] {
         if let Some(o) = o {
             rows.push((name.into(), rate(o.rate()), &o.latency));
+            let n = o.completed.max(1) as f64;
+            cpu_rows.push((name, o.cpu.total / n, o.cpu.writer / n));
         }
     }
-    let cpu_rows: Vec<_> = rows
-        .iter()
-        .zip(
-            [&r.healthz, &r.verify_http, &r.creates, &r.lone_create]
-                .iter()
-                .flat_map(|o| o.as_ref()),
-        )
-        .map(|((name, _, _), o)| {
-            let n = o.completed.max(1) as f64;
-            (name.clone(), o.cpu.total / n, o.cpu.writer / n)
-        })
-        .collect();
     if let Some(n) = &r.nats {
         rows.push((
             format!("commit→ack lag, {}/s", thousands(nats::LAG_RATE)),

@@ -65,11 +65,12 @@ async fn me_via(h: &Harness, key: &str, client: &str) -> u16 {
         .as_u16()
 }
 
-/// Sends bad keys "from" `client` until answered 429; returns the attempts that took.
-async fn fail_until_limited(h: &Harness, client: &str) -> Option<usize> {
+/// Sends up to 40 bad keys, attempt `i` "from" `client(i)`, until answered 429; returns the
+/// attempts that took.
+async fn fail_until_limited(h: &Harness, client: impl Fn(usize) -> String) -> Option<usize> {
     let wrong = well_formed_key(98);
     for i in 0..40 {
-        match me_via(h, &wrong, client).await {
+        match me_via(h, &wrong, &client(i)).await {
             401 => continue,
             429 => return Some(i),
             s => panic!("unexpected status {s}"),
@@ -85,7 +86,11 @@ async fn behind_a_trusted_proxy_limits_and_allowed_ips_apply_to_the_forwarded_cl
         ..Config::default()
     })
     .await;
-    assert!(fail_until_limited(&h, "203.0.113.7").await.is_some());
+    assert!(
+        fail_until_limited(&h, |_| "203.0.113.7".into())
+            .await
+            .is_some()
+    );
     assert_eq!(me_via(&h, &h.admin, "203.0.113.7").await, 429);
     // Another client behind the same proxy is not locked out.
     assert_eq!(me_via(&h, &h.admin, "203.0.113.8").await, 200);
@@ -105,20 +110,12 @@ async fn behind_a_trusted_proxy_limits_and_allowed_ips_apply_to_the_forwarded_cl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_trusted_proxies_x_forwarded_for_is_ignored() {
     let h = Harness::start().await;
-    let wrong = well_formed_key(97);
-    let mut limited = false;
     // A brute-forcer cannot dodge the limit by naming a new client each time.
-    for i in 0..40 {
-        match me_via(&h, &wrong, &format!("203.0.113.{i}")).await {
-            401 => continue,
-            429 => {
-                limited = true;
-                break;
-            }
-            s => panic!("unexpected status {s}"),
-        }
-    }
-    assert!(limited, "bad keys are limited by the peer address");
+    let limited = fail_until_limited(&h, |i| format!("203.0.113.{i}")).await;
+    assert!(
+        limited.is_some(),
+        "bad keys are limited by the peer address"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

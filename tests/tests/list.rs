@@ -141,6 +141,9 @@ async fn sort_by_created_at_follows_creation_order() {
 async fn sort_by_updated_at_puts_the_last_updated_last() {
     let h = Harness::start().await;
     let created = seed(&h, "u", &["x", "y", "z"]).await;
+    // Timestamps have millisecond resolution: without a pause the update can share `z`'s
+    // creation millisecond, and equal timestamps are ordered by id.
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     h.patch(
         &format!("/v1/keys/{}", created[0]),
         &h.admin,

@@ -2,7 +2,8 @@
 //! the heap bytes a structure holds.
 
 use hdrhistogram::Histogram;
-use std::alloc::{GlobalAlloc, Layout, System};
+use mimalloc::MiMalloc;
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::Duration;
 
@@ -102,7 +103,8 @@ pub fn rss() -> u64 {
     pages * 4096
 }
 
-/// The system allocator, counting live bytes while [`Counting::measure`] runs.
+/// The `keyledger` binary's allocator (mimalloc), counting live bytes while
+/// [`Counting::measure`] runs: the server under load allocates as it does in production.
 pub struct Counting;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -120,12 +122,12 @@ impl Counting {
     }
 }
 
-// SAFETY: every call is forwarded unchanged to `System`; the counters have no effect on the
+// SAFETY: every call is forwarded unchanged to `MiMalloc`; the counters have no effect on the
 // memory handed out.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's layout.
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { MiMalloc.alloc(layout) };
         if ENABLED.load(Ordering::Relaxed) && !p.is_null() {
             LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
         }
@@ -134,7 +136,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's layout.
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { MiMalloc.alloc_zeroed(layout) };
         if ENABLED.load(Ordering::Relaxed) && !p.is_null() {
             LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
         }
@@ -145,13 +147,13 @@ unsafe impl GlobalAlloc for Counting {
         if ENABLED.load(Ordering::Relaxed) {
             LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
         }
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
+        // SAFETY: `ptr` was allocated by `MiMalloc` with `layout`.
+        unsafe { MiMalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        // SAFETY: `ptr` was allocated by `MiMalloc` with `layout`.
+        let p = unsafe { MiMalloc.realloc(ptr, layout, new_size) };
         if ENABLED.load(Ordering::Relaxed) && !p.is_null() {
             LIVE.fetch_add(
                 new_size as isize - layout.size() as isize,

@@ -11,6 +11,12 @@ use std::path::PathBuf;
 
 mod tail;
 
+/// mimalloc rather than glibc's malloc: the writer's commits allocate and free page-sized
+/// buffers (redb's pages, the stored envelopes), which glibc serves outside its thread caches;
+/// see docs/BENCHMARKS.md ("Fourth round").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "keyledger",

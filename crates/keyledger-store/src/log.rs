@@ -20,7 +20,8 @@ use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
 use uuid::Uuid;
 
 pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -98,6 +99,7 @@ pub struct Log {
     db: Arc<parking_lot::RwLock<Option<Arc<Database>>>>,
     opener: Opener,
     keys: Arc<SigningKeys>,
+    signers: Arc<SigningPool>,
 }
 
 impl std::fmt::Debug for Log {
@@ -159,9 +161,8 @@ impl<'t> Tables<'t> {
     }
 }
 
-/// Batches with at least this many new events are signed on several threads: a signature
-/// (~25 µs) dwarfs a scoped thread's start (~20 µs), and the chain needs only the hashes, which
-/// are linked before.
+/// Batches with at least this many new events are signed by the helpers too: a signature
+/// (~15 µs) dwarfs waking a helper.
 const PARALLEL_SIGNING_MIN: usize = 8;
 
 /// Threads to sign a batch or to decode a replay on: the machine's parallelism, at most 4.
@@ -173,36 +174,88 @@ fn parallelism() -> usize {
 /// Seqs per chunk of a parallel [`Log::replay`].
 pub const REPLAY_CHUNK: u64 = 4096;
 
-/// Signs each linked envelope and encodes it as stored, in order: on the calling thread for
-/// small batches, else split across [`parallelism`].
-fn sign_all(keys: &SigningKeys, envs: &mut [&mut Envelope]) -> Result<Vec<Vec<u8>>, StoreError> {
-    let seal = |chunk: &mut [&mut Envelope]| -> Result<Vec<Vec<u8>>, StoreError> {
-        chunk
-            .iter_mut()
-            .map(|env| {
-                let mut hash = [0u8; 32];
-                hex::decode_to_slice(&env.hash, &mut hash)
-                    .map_err(|e| StoreError::Encode(format!("event hash: {e}")))?;
-                env.signature = keys.sign(&hash).1;
-                serde_json::to_vec(&**env).map_err(StoreError::encode)
-            })
-            .collect()
-    };
-    let threads = parallelism();
-    if envs.len() < PARALLEL_SIGNING_MIN || threads < 2 {
-        return seal(envs);
+/// The hashes of one batch to sign, shared by the appending thread and the helpers.
+struct SignJob {
+    keys: Arc<SigningKeys>,
+    hashes: Vec<[u8; 32]>,
+    /// The next index to claim.
+    next: AtomicUsize,
+    signatures: Vec<OnceLock<String>>,
+}
+
+impl SignJob {
+    fn signature(&self, i: usize) -> &String {
+        self.signatures[i].get_or_init(|| self.keys.sign(&self.hashes[i]).1)
     }
-    let per_thread = envs.len().div_ceil(threads);
-    let mut chunks = envs.chunks_mut(per_thread);
-    let first = chunks.next().expect("a non-empty batch");
-    std::thread::scope(|s| {
-        let others: Vec<_> = chunks.map(|c| s.spawn(|| seal(c))).collect();
-        let mut out = seal(first)?;
-        for handle in others {
-            out.extend(handle.join().expect("a signing thread panicked")?);
+
+    /// Signs unclaimed hashes until none is left.
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.hashes.len() {
+                return;
+            }
+            self.signature(i);
         }
-        Ok(out)
-    })
+    }
+
+    /// The appending thread's part: claims hashes like a helper, then signs whatever is still
+    /// unsigned (claimed by a helper that has not run yet) and returns every signature in order.
+    fn finish(&self) -> Vec<String> {
+        self.work();
+        (0..self.hashes.len())
+            .map(|i| self.signature(i).clone())
+            .collect()
+    }
+}
+
+/// Helper threads that sign a batch beside the appending thread.
+///
+/// They run for the log's lifetime and sleep between batches: a thread spawned per batch
+/// started ~0.5–1 ms late under load (the scheduler queues a new thread behind the busy
+/// HTTP workers), after the batch was long signed. The appending thread never waits for a helper
+/// to show up: it claims hashes like the helpers do, then signs every hash still unsigned
+/// itself; it only waits for a signature a helper is computing at that moment. Signatures are
+/// deterministic, so who signs does not matter.
+struct SigningPool {
+    helpers: Vec<mpsc::Sender<Arc<SignJob>>>,
+}
+
+impl SigningPool {
+    fn start(helpers: usize) -> Self {
+        let helpers = (0..helpers)
+            .filter_map(|_| {
+                let (tx, rx) = mpsc::channel::<Arc<SignJob>>();
+                std::thread::Builder::new()
+                    .name("keyledger-sign".into())
+                    .spawn(move || {
+                        while let Ok(job) = rx.recv() {
+                            job.work();
+                        }
+                    })
+                    .ok()
+                    .map(|_| tx)
+            })
+            .collect();
+        Self { helpers }
+    }
+
+    /// The signatures of `hashes`, in order.
+    fn sign(&self, keys: &Arc<SigningKeys>, hashes: Vec<[u8; 32]>) -> Vec<String> {
+        if hashes.len() < PARALLEL_SIGNING_MIN || self.helpers.is_empty() {
+            return hashes.iter().map(|h| keys.sign(h).1).collect();
+        }
+        let job = Arc::new(SignJob {
+            keys: keys.clone(),
+            signatures: hashes.iter().map(|_| OnceLock::new()).collect(),
+            hashes,
+            next: AtomicUsize::new(0),
+        });
+        for helper in &self.helpers {
+            let _ = helper.send(job.clone());
+        }
+        job.finish()
+    }
 }
 
 impl Log {
@@ -243,6 +296,7 @@ impl Log {
             db: Arc::new(parking_lot::RwLock::new(Some(Arc::new(db)))),
             opener,
             keys: Arc::new(keys),
+            signers: Arc::new(SigningPool::start(parallelism() - 1)),
         })
     }
 
@@ -328,7 +382,7 @@ impl Log {
             .filter_map(|(r, _)| r.as_mut().ok())
             .flatten()
             .collect();
-        let stored = sign_all(&self.keys, &mut new_events)?;
+        let stored = self.sign_all(&mut new_events)?;
         for (env, bytes) in new_events.iter().zip(stored) {
             tables.events.insert(env.seq, bytes.as_slice())?;
         }
@@ -369,8 +423,29 @@ impl Log {
             .expect("one result per request"))
     }
 
+    /// Signs each linked envelope and encodes it as stored, in order.
+    fn sign_all(&self, envs: &mut [&mut Envelope]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let hashes = envs
+            .iter()
+            .map(|env| {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(&env.hash, &mut hash)
+                    .map_err(|e| StoreError::Encode(format!("event hash: {e}")))?;
+                Ok(hash)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let signatures = self.signers.sign(&self.keys, hashes);
+        envs.iter_mut()
+            .zip(signatures)
+            .map(|(env, signature)| {
+                env.signature = signature;
+                serde_json::to_vec(&**env).map_err(StoreError::encode)
+            })
+            .collect()
+    }
+
     /// Checks one request and links its events into the chain, unsigned and not yet stored in
-    /// `events` (see [`sign_all`]).
+    /// `events` (see [`Log::sign_all`]).
     fn chain_one(
         &self,
         t: &mut Tables<'_>,
@@ -432,7 +507,7 @@ impl Log {
         Ok(same_events(req, stored.iter()))
     }
 
-    /// Gives an event its seq and links it to the chain (its `hash`); [`sign_all`] signs it.
+    /// Gives an event its seq and links it to the chain (its `hash`); [`Log::sign_all`] signs it.
     fn link(
         &self,
         head: &mut Head,
@@ -705,4 +780,61 @@ fn decode_head(bytes: &[u8]) -> Result<Head, StoreError> {
     let hash = String::from_utf8(bytes[8..].to_vec())
         .map_err(|_| StoreError::Corrupt("malformed log head".into()))?;
     Ok(Head { seq, hash })
+}
+
+#[cfg(test)]
+mod signing_pool_tests {
+    use super::*;
+
+    fn keys() -> Arc<SigningKeys> {
+        Arc::new(SigningKeys::ephemeral([3; 32], Timestamp(0)))
+    }
+
+    fn hashes(n: u8) -> Vec<[u8; 32]> {
+        (0..n).map(|i| [i; 32]).collect()
+    }
+
+    fn alone(keys: &SigningKeys, hashes: &[[u8; 32]]) -> Vec<String> {
+        hashes.iter().map(|h| keys.sign(h).1).collect()
+    }
+
+    #[test]
+    fn helpers_sign_the_same_as_the_appending_thread_alone() {
+        let keys = keys();
+        for helpers in [0, 1, 3] {
+            let pool = SigningPool::start(helpers);
+            for n in [1, 7, 8, 33, 100] {
+                let h = hashes(n);
+                assert_eq!(
+                    pool.sign(&keys, h.clone()),
+                    alone(&keys, &h),
+                    "{helpers} helpers, {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hashes_claimed_by_a_helper_that_never_runs_are_signed_by_the_appending_thread() {
+        let keys = keys();
+        let h = hashes(20);
+        let job = SignJob {
+            keys: keys.clone(),
+            signatures: h.iter().map(|_| OnceLock::new()).collect(),
+            hashes: h.clone(),
+            // A helper claimed the first 12 and was then descheduled.
+            next: AtomicUsize::new(12),
+        };
+        assert_eq!(job.finish(), alone(&keys, &h));
+    }
+
+    #[test]
+    fn a_pool_whose_helpers_are_gone_still_signs_everything() {
+        let keys = keys();
+        let (tx, rx) = mpsc::channel();
+        drop(rx);
+        let pool = SigningPool { helpers: vec![tx] };
+        let h = hashes(16);
+        assert_eq!(pool.sign(&keys, h.clone()), alone(&keys, &h));
+    }
 }

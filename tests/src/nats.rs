@@ -1,10 +1,11 @@
-//! A real `nats-server` with JetStream for the tests: its own free loopback port and store dir,
-//! stopped (or killed) by its PID.
+//! A real `nats-server` with JetStream for the tests and the load generator: its own free
+//! loopback port and store dir, stopped (or killed) by its PID.
 
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,29 +15,33 @@ pub struct NatsServer {
     store: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl NatsServer {
+    /// Starts one with its store in the system's temp dir; panics if it cannot (for tests).
     pub fn start() -> Self {
+        Self::start_in(&std::env::temp_dir()).expect("nats-server on PATH (.ci/run installs it)")
+    }
+
+    /// Starts `nats-server -js` on a free loopback port, with its store in a fresh dir under
+    /// `parent` (the load generator puts it on the disk it measures).
+    pub fn start_in(parent: &Path) -> std::io::Result<Self> {
         let mut s = Self {
             child: None,
-            port: free_port(),
-            store: tempfile::tempdir().expect("store dir"),
+            port: free_port()?,
+            store: tempfile::tempdir_in(parent)?,
         };
-        s.spawn();
-        s
+        s.spawn()?;
+        Ok(s)
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> std::io::Result<()> {
         let child = Command::new("nats-server")
             .args([
                 "-a",
@@ -49,14 +54,20 @@ impl NatsServer {
             .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server on PATH (.ci/run installs it)");
+            .spawn()?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "nats-server did not start within 10 s",
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// SIGKILL, as a crash.
@@ -70,7 +81,7 @@ impl NatsServer {
     /// Starts again on the same port with the same store.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.spawn().expect("nats-server restarts");
     }
 }
 

@@ -14,57 +14,13 @@ use crate::stats::Latency;
 use anyhow::Context;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
+use keyledger_e2e::nats::NatsServer;
 use keyledger_nats::{PublisherConfig, spawn_publisher};
 use keyledger_service::{Actor, Config, CreateKey, Service};
 use std::collections::HashMap;
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A `nats-server -js` of the run's own.
-pub struct NatsServer {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-impl NatsServer {
-    pub fn start(work_dir: &Path) -> anyhow::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let store = tempfile::tempdir_in(work_dir)?;
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nats-server (is it on PATH?)")?;
-        let server = Self {
-            child,
-            port,
-            _store: store,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(server)
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 pub struct Outcome {
     /// Raw JetStream publishes per second (the ceiling).
@@ -85,7 +41,7 @@ const WINDOW: usize = 1024;
 pub const LAG_RATE: u64 = 5_000;
 
 pub fn run(data_dir: &Path, work_dir: &Path, duration: Duration) -> anyhow::Result<Outcome> {
-    let nats = NatsServer::start(work_dir)?;
+    let nats = NatsServer::start_in(work_dir).context("starting nats-server (is it on PATH?)")?;
     let url = nats.url();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -167,7 +167,7 @@ const PARALLEL_SIGNING_MIN: usize = 8;
 
 /// Threads to sign a batch or to decode a replay on: the machine's parallelism, at most 4.
 fn parallelism() -> usize {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    static THREADS: OnceLock<usize> = OnceLock::new();
     *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
 }
 
@@ -631,7 +631,7 @@ impl Log {
             let receivers: Vec<_> = (0..workers)
                 .map(|w| {
                     // Two chunks in flight per thread: decoding stays ahead without holding the log.
-                    let (tx, rx) = std::sync::mpsc::sync_channel(2);
+                    let (tx, rx) = mpsc::sync_channel(2);
                     s.spawn(move || {
                         for k in (w..chunks).step_by(workers as usize) {
                             let (lo, hi) = range(k);

@@ -42,6 +42,7 @@ pub fn open_read_model(log: &Log) -> Result<ReadModel, ProjectionError> {
 /// A read model built by folding the whole log from seq 1, ignoring every persisted table.
 pub fn fold_log(log: &Log) -> Result<ReadModel, ProjectionError> {
     let mut model = ReadModel::default();
+    model.reserve(usize::try_from(log.stream_count()?).unwrap_or(0));
     log.replay(0, |ev| {
         model.apply_replayed(ev);
         Ok(())

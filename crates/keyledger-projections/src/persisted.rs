@@ -128,8 +128,12 @@ fn rebuild_all(
 ) -> Result<u64, ProjectionError> {
     // States live in a Vec and the map holds only their index: growing the map and sorting by id
     // then move 20-byte pairs, not whole states.
-    let mut slots: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
-    let mut states: Vec<Option<KeyState>> = Vec::new();
+    // Sized up front: growing them by doubling cost ~10 % of a 1M-key rebuild (copies, and the
+    // kernel zeroing each fresh allocation).
+    let keys = usize::try_from(log.stream_count()?).unwrap_or(0);
+    let mut slots: std::collections::HashMap<Uuid, usize> =
+        std::collections::HashMap::with_capacity(keys);
+    let mut states: Vec<Option<KeyState>> = Vec::with_capacity(keys);
     let mut applied = 0u64;
     let last = log.replay(0, |ev| {
         let i = *slots.entry(ev.key_id).or_insert_with(|| {

@@ -539,6 +539,14 @@ impl Log {
         Ok(env)
     }
 
+    /// How many keys have events (one stream each), in O(1): sizes folds before they start.
+    pub fn stream_count(&self) -> Result<u64, StoreError> {
+        let txn = self.database()?.begin_read()?;
+        Ok(redb::ReadableTableMetadata::len(
+            &txn.open_table(STREAM_HEADS)?,
+        )?)
+    }
+
     /// The last seq (0 when empty) and its hash.
     pub fn head(&self) -> Result<(u64, String), StoreError> {
         let txn = self.database()?.begin_read()?;

@@ -367,3 +367,22 @@ fn a_request_repeated_within_one_batch_gets_the_first_ones_events_and_writes_not
     assert_eq!(log.head().unwrap().0, 3);
     assert_eq!(&log.read(0, 10).unwrap()[..2], &original[..]);
 }
+
+#[test]
+fn stream_count_counts_keys_not_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    assert_eq!(log.stream_count().unwrap(), 0);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    log.append(req(a, 0, vec![rename(1), rename(2)]), &mut NoProjection)
+        .unwrap()
+        .unwrap();
+    log.append(req(b, 0, vec![rename(3)]), &mut NoProjection)
+        .unwrap()
+        .unwrap();
+    log.append(req(a, 2, vec![rename(4)]), &mut NoProjection)
+        .unwrap()
+        .unwrap();
+    assert_eq!(log.head().unwrap().0, 4);
+    assert_eq!(log.stream_count().unwrap(), 2);
+}

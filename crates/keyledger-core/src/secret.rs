@@ -158,7 +158,11 @@ impl SecretHash {
         hex::encode(self.0)
     }
 
+    /// Exactly 64 hex digits, either case (no `0x` prefix, which the decoder would strip).
     pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 {
+            return None;
+        }
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).ok()?;
         Some(Self(out))
@@ -263,6 +267,16 @@ mod tests {
         let h = SecretHash::of("kl_x");
         assert_eq!(SecretHash::from_hex(&h.to_hex()), Some(h));
         assert_eq!(SecretHash::from_hex("zz"), None);
+        assert_eq!(SecretHash::from_hex(&h.to_hex().to_uppercase()), Some(h));
+        assert_eq!(SecretHash::from_hex(&h.to_hex()[..62]), None);
+    }
+
+    #[test]
+    fn hash_hex_rejects_a_0x_prefix() {
+        let h = SecretHash::of("kl_x");
+        let prefixed = format!("0x{}", &h.to_hex()[..62]);
+        assert_eq!(SecretHash::from_hex(&prefixed), None);
+        assert_eq!(SecretHash::from_hex(&format!("0x{}", h.to_hex())), None);
     }
 
     #[test]

@@ -296,6 +296,19 @@ impl ReadModel {
             .collect()
     }
 
+    /// Queues stamps whose flush failed again, so that the next flush retries them (with the
+    /// key's latest stamp by then).
+    pub fn requeue_last_used(&self, stamps: &[(Uuid, i64)]) {
+        let mut dirty = self.dirty.lock();
+        for (id, _) in stamps {
+            if let Some(e) = self.get(id)
+                && !e.dirty.swap(true, Ordering::Relaxed)
+            {
+                dirty.push(*id);
+            }
+        }
+    }
+
     /// Keys with an expiry or an end of grace at or before `now_ms` (possibly already
     /// recorded: the domain decides).
     pub fn due(&self, now_ms: i64) -> Vec<Uuid> {

@@ -1,11 +1,13 @@
 //! The service against a real redb file: read models equal a fresh fold of the log, state
 //! survives restarts, concurrent commands are group-committed.
 
-use keyledger_core::KeyPatch;
+use keyledger_core::{KeyPatch, Timestamp};
 use keyledger_projections::{fold_log, open_read_model};
 use keyledger_service::{
     Actor, AsOf, BatchStats, Config, CreateKey, Service, ServiceError, VerifyCode, now,
 };
+use keyledger_store::faults::{FaultSwitch, faulty_opener};
+use keyledger_store::{Log, SigningKeys};
 use proptest::prelude::*;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
@@ -242,6 +244,41 @@ fn restart_keeps_keys_versions_verification_and_last_used() {
         assert_eq!(s.verify(&secret, &[], None, now()).code, VerifyCode::Valid);
         s.shutdown();
     });
+}
+
+#[test]
+fn a_failed_last_used_flush_is_retried_and_does_not_fail_the_next_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let switch = FaultSwitch::new();
+    let id = rt.block_on(async {
+        let mut config = Config::new(dir.path());
+        // Only the explicit flushes below run.
+        config.last_used_flush = std::time::Duration::from_secs(3600);
+        let keys = SigningKeys::load_or_create(&config.signing_key_path(), Timestamp(0)).unwrap();
+        let log = Log::open_with(faulty_opener(config.log_path(), switch.clone()), keys).unwrap();
+        let s = Service::open_with_log(config, log).unwrap();
+        let (c, secret) = s.create(&Actor::Cli, named("a"), None).await.unwrap();
+        let secret = secret.unwrap();
+        assert_eq!(
+            s.verify(secret.expose(), &[], None, now()).code,
+            VerifyCode::Valid
+        );
+        switch.fail_now();
+        s.flush_last_used();
+        switch.heal();
+        s.flush_last_used();
+        // The failed flush did not leave the log refusing commands.
+        s.create(&Actor::Cli, named("b"), None).await.unwrap();
+        s.shutdown();
+        c.entry.state.id
+    });
+    let s = Service::open(Config::new(dir.path())).unwrap();
+    assert!(
+        s.get(&Actor::Cli, id).unwrap().last_used_at().is_some(),
+        "the stamp whose flush failed was written by the next one"
+    );
+    s.shutdown();
 }
 
 #[test]

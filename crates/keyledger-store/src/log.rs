@@ -710,7 +710,18 @@ impl Log {
     }
 
     /// Durably stores a named cursor.
+    ///
+    /// A failed write reopens the log (redb refuses everything after an I/O error until then),
+    /// so that the command writer's next commit does not fail for this write's fault.
     pub fn set_cursor(&self, name: &str, seq: u64) -> Result<(), StoreError> {
+        let result = self.write_cursor(name, seq);
+        if result.is_err() {
+            let _ = self.reopen();
+        }
+        result
+    }
+
+    fn write_cursor(&self, name: &str, seq: u64) -> Result<(), StoreError> {
         let txn = self.database()?.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;

@@ -386,3 +386,29 @@ fn stream_count_counts_keys_not_events() {
     assert_eq!(log.head().unwrap().0, 4);
     assert_eq!(log.stream_count().unwrap(), 2);
 }
+
+#[test]
+fn a_failed_cursor_write_does_not_fail_the_next_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = faults::FaultSwitch::new();
+    let log = Log::open_with(
+        faults::faulty_opener(dir.path().join("log.redb"), switch.clone()),
+        SigningKeys::ephemeral([3; 32], Timestamp(0)),
+    )
+    .unwrap();
+    switch.fail_now();
+    assert!(log.set_cursor("nats", 7).is_err());
+    switch.heal();
+    // As the command writer does before each batch: reopen when no handle is open (the reopen
+    // inside set_cursor failed while the fault lasted). What must not be left behind is the
+    // handle redb latched as failed, which would fail this append.
+    if log.database().is_err() {
+        log.reopen().unwrap();
+    }
+    let key = Uuid::now_v7();
+    log.append(req(key, 0, vec![rename(1)]), &mut NoProjection)
+        .expect("no handle latched as failed is left behind")
+        .unwrap();
+    log.set_cursor("nats", 1).unwrap();
+    assert_eq!(log.cursor("nats").unwrap(), 1);
+}

@@ -244,20 +244,19 @@ pub fn load_all(
     })
 }
 
-/// Persists `last_used_at` values (write-behind); one transaction for the lot.
+/// Persists `last_used_at` values (write-behind); one transaction for the lot, beside the
+/// command writer's ([`Log::write_aside`], which reopens the log after a failure).
 pub fn store_last_used(log: &Log, values: &[(Uuid, i64)]) -> Result<(), ProjectionError> {
     if values.is_empty() {
         return Ok(());
     }
-    let txn = log.database()?.begin_write().map_err(storage)?;
-    {
+    log.write_aside(|txn| {
         let mut t = txn.open_table(LAST_USED).map_err(storage)?;
         for (id, ms) in values {
             t.insert(id.as_u128(), *ms).map_err(storage)?;
         }
-    }
-    txn.commit().map_err(storage)?;
-    Ok(())
+        Ok(())
+    })
 }
 
 #[cfg(test)]

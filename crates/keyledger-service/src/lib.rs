@@ -594,21 +594,12 @@ impl Service {
 }
 
 fn flush_last_used(log: &Log, model: &RwLock<ReadModel>) {
-    // After an I/O error redb refuses everything until the log is reopened (as the writer does
-    // after a failed commit): reopen here too, or a failed flush would fail the next command.
-    if log.database().is_err()
-        && let Err(e) = log.reopen()
-    {
-        tracing::warn!(error = %e, "storage still unavailable; last_used_at stays pending");
-        return;
-    }
     let dirty = model.read().take_dirty_last_used();
+    // On failure the log has reopened itself (`Log::write_aside`); the stamps wait for the next
+    // flush.
     if let Err(e) = persisted::store_last_used(log, &dirty) {
         model.read().requeue_last_used(&dirty);
         tracing::warn!(error = %e, count = dirty.len(), "could not persist last_used_at; will retry");
-        if let Err(e) = log.reopen() {
-            tracing::warn!(error = %e, "reopening the log failed; will retry");
-        }
     }
 }
 

@@ -20,7 +20,7 @@ use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 use uuid::Uuid;
 
@@ -97,6 +97,8 @@ pub type Opener = Arc<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 #[derive(Clone)]
 pub struct Log {
     db: Arc<parking_lot::RwLock<Option<Arc<Database>>>>,
+    /// Set by [`Log::close`]: a closed log is never reopened.
+    closed: Arc<AtomicBool>,
     opener: Opener,
     keys: Arc<SigningKeys>,
     signers: Arc<SigningPool>,
@@ -294,6 +296,7 @@ impl Log {
         txn.commit()?;
         Ok(Self {
             db: Arc::new(parking_lot::RwLock::new(Some(Arc::new(db)))),
+            closed: Arc::default(),
             opener,
             keys: Arc::new(keys),
             signers: Arc::new(SigningPool::start(parallelism() - 1)),
@@ -310,13 +313,18 @@ impl Log {
     /// Closes the database for every clone of this log (the file can then be opened again,
     /// e.g. by a restarted service in the same process). Later calls fail.
     pub fn close(&self) {
-        self.db.write().take();
+        let mut slot = self.db.write();
+        self.closed.store(true, Ordering::SeqCst);
+        slot.take();
     }
 
     /// Closes and reopens the database, to recover from an I/O error. Waits (up to ~2 s) for
     /// readers of the old handle to finish, since the file can be open only once.
     pub fn reopen(&self) -> Result<(), StoreError> {
         let mut slot = self.db.write();
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Storage("the log is closed".into()));
+        }
         if let Some(old) = slot.take() {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
             let mut old = Some(old);
@@ -709,27 +717,44 @@ impl Log {
         })
     }
 
-    /// Durably stores a named cursor.
-    ///
-    /// A failed write reopens the log (redb refuses everything after an I/O error until then),
-    /// so that the command writer's next commit does not fail for this write's fault.
-    pub fn set_cursor(&self, name: &str, seq: u64) -> Result<(), StoreError> {
-        let result = self.write_cursor(name, seq);
+    /// Runs `write` in a write transaction of its own and commits it durably: for writes beside
+    /// the command writer's batches (cursors, `last_used_at`). Reopens the log first when an
+    /// earlier failure left it without a database, and again after a failure of its own: redb
+    /// refuses everything after an I/O error until reopened, and the command writer's next
+    /// commit must not fail for this write's fault.
+    pub fn write_aside<E: From<StoreError>>(
+        &self,
+        write: impl FnOnce(&WriteTransaction) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let attempt = || -> Result<(), E> {
+            let db = match self.database() {
+                Ok(db) => db,
+                Err(_) => {
+                    self.reopen()?;
+                    self.database()?
+                }
+            };
+            let txn = db.begin_write().map_err(StoreError::from)?;
+            write(&txn)?;
+            txn.commit().map_err(StoreError::from)?;
+            Ok(())
+        };
+        // `attempt` has dropped its handle by now, so that the reopen need not wait for it.
+        let result = attempt();
         if result.is_err() {
             let _ = self.reopen();
         }
         result
     }
 
-    fn write_cursor(&self, name: &str, seq: u64) -> Result<(), StoreError> {
-        let txn = self.database()?.begin_write()?;
-        {
+    /// Durably stores a named cursor (through [`Log::write_aside`]).
+    pub fn set_cursor(&self, name: &str, seq: u64) -> Result<(), StoreError> {
+        self.write_aside(|txn| {
             let mut meta = txn.open_table(META)?;
             let key = format!("cursor:{name}");
             meta.insert(key.as_str(), seq.to_be_bytes().as_slice())?;
-        }
-        txn.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The record stored for a caller-scoped idempotency key, if any.

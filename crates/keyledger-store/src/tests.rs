@@ -412,3 +412,17 @@ fn a_failed_cursor_write_does_not_fail_the_next_append() {
     log.set_cursor("nats", 1).unwrap();
     assert_eq!(log.cursor("nats").unwrap(), 1);
 }
+
+#[test]
+fn a_closed_log_is_not_reopened_by_a_write_beside_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    log.close();
+    assert!(log.set_cursor("nats", 1).is_err());
+    assert!(log.reopen().is_err());
+    assert!(log.database().is_err(), "still closed");
+    // The file is free for another opener (e.g. a restarted service in the same process).
+    let again = open(&dir);
+    again.set_cursor("nats", 2).unwrap();
+    assert_eq!(again.cursor("nats").unwrap(), 2);
+}

@@ -74,3 +74,21 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
         v4 => v4,
     }
 }
+
+/// An address (as a /32 or /128) or a CIDR network, truncated to its prefix. Networks and
+/// addresses inside `::ffff:0:0/96` are given as IPv4, so that they match what
+/// [`canonical_ip`] compares. The one parser for allow-lists and trusted proxies.
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    let net = match s.parse::<IpNet>() {
+        Ok(net) => net.trunc(),
+        Err(_) => IpNet::from(s.parse::<IpAddr>().ok()?),
+    };
+    Some(match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        other => other,
+    })
+}

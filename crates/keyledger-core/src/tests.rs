@@ -272,9 +272,17 @@ fn expire_fires_once_after_expiry() {
 #[test]
 fn ip_allow_list_matches_addresses_and_blocks() {
     let mut k = new_key();
-    k.allowed_ips = vec!["10.1.0.0/16".into(), "2001:db8::1".into()];
+    k.allowed_ips = vec![
+        "10.1.0.0/16".into(),
+        "2001:db8::1".into(),
+        "::ffff:192.0.2.0/120".into(),
+    ];
     let s = given(&[Action::Create(k)]).unwrap();
     assert!(s.allows_ip(Some("10.1.2.3".parse().unwrap())));
+    // An IPv4-mapped block is stored as IPv4 and matches either spelling of a peer.
+    assert_eq!(s.allowed_ips[2].to_string(), "192.0.2.0/24");
+    assert!(s.allows_ip(Some("192.0.2.7".parse().unwrap())));
+    assert!(s.allows_ip(Some("::ffff:192.0.2.7".parse().unwrap())));
     assert!(s.allows_ip(Some("::ffff:10.1.2.3".parse().unwrap())));
     assert!(s.allows_ip(Some("2001:db8::1".parse().unwrap())));
     assert!(!s.allows_ip(Some("10.2.0.1".parse().unwrap())));

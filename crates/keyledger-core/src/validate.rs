@@ -4,7 +4,6 @@ use crate::DomainError;
 use crate::time::Timestamp;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
-use std::net::IpAddr;
 
 pub const MAX_NAME: usize = 255;
 pub const MAX_OWNER: usize = 255;
@@ -98,18 +97,12 @@ pub fn allowed_ips(values: &[String]) -> Result<Vec<IpNet>, DomainError> {
     }
     let mut out: Vec<IpNet> = Vec::with_capacity(values.len());
     for (i, v) in values.iter().enumerate() {
-        let net = match v.parse::<IpNet>() {
-            Ok(net) => net.trunc(),
-            Err(_) => v
-                .parse::<IpAddr>()
-                .map(|ip| IpNet::from(crate::model::canonical_ip(ip)))
-                .map_err(|_| {
-                    invalid(
-                        format!("allowed_ips[{i}]"),
-                        "not an IP address or CIDR block",
-                    )
-                })?,
-        };
+        let net = crate::model::parse_net(v).ok_or_else(|| {
+            invalid(
+                format!("allowed_ips[{i}]"),
+                "not an IP address or CIDR block",
+            )
+        })?;
         if !out.contains(&net) {
             out.push(net);
         }

@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use keyledger_core::model::canonical_ip;
 use keyledger_service::{Actor, Caller, Idempotency, KeyEntry};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -265,11 +266,12 @@ pub(crate) fn presented_key(parts: &Parts, allow_query: bool) -> Option<String> 
 /// address of `X-Forwarded-For` that is not itself a trusted proxy. Proxies append the address
 /// they received from, so entries left of the first untrusted one may be forged and are never
 /// read; an unreadable entry ends the walk at the last address that could be trusted.
+/// IPv4-mapped addresses (a dual-stack listener's IPv4 peers) are compared and returned as IPv4.
 pub fn client_ip(parts: &Parts, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())?;
+        .map(|c| canonical_ip(c.0.ip()))?;
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
@@ -282,7 +284,7 @@ pub fn client_ip(parts: &Parts, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','));
     for hop in hops.rev() {
-        match hop.trim().parse::<IpAddr>() {
+        match hop.trim().parse::<IpAddr>().map(canonical_ip) {
             Ok(ip) if is_trusted(&ip) => client = ip,
             Ok(ip) => return Some(ip),
             Err(_) => break,
@@ -338,7 +340,7 @@ mod tests {
             req = req.header("x-forwarded-for", *v);
         }
         let (mut parts, ()) = req.body(()).unwrap().into_parts();
-        let peer: SocketAddr = format!("{peer}:4000").parse().unwrap();
+        let peer = SocketAddr::new(peer.parse().unwrap(), 4000);
         parts.extensions.insert(ConnectInfo(peer));
         parts
     }
@@ -377,6 +379,25 @@ mod tests {
             ("10.1.2.3", &["198.51.100.1, junk"], &trusted, "10.1.2.3"),
             ("10.1.2.3", &["junk, 10.4.4.4"], &trusted, "10.4.4.4"),
             ("10.1.2.3", &[" 2001:db8::7 "], &trusted, "2001:db8::7"),
+            // A dual-stack listener sees IPv4 peers as IPv4-mapped: compared as IPv4.
+            (
+                "::ffff:10.1.2.3",
+                &["198.51.100.1"],
+                &trusted,
+                "198.51.100.1",
+            ),
+            (
+                "::ffff:203.0.113.9",
+                &["198.51.100.1"],
+                &trusted,
+                "203.0.113.9",
+            ),
+            (
+                "10.1.2.3",
+                &["198.51.100.1, ::ffff:192.0.2.1"],
+                &trusted,
+                "198.51.100.1",
+            ),
         ];
         for (peer, forwarded, trusted, expected) in cases {
             let got = client_ip(&parts(peer, forwarded), trusted);

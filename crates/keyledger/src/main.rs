@@ -260,9 +260,8 @@ async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 /// An address (a /32 or /128) or a CIDR network.
 fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim();
-    s.parse::<ipnet::IpNet>()
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .map_err(|_| format!("`{s}` is neither an IP address nor a CIDR network"))
+    keyledger_core::model::parse_net(s)
+        .ok_or_else(|| format!("`{s}` is neither an IP address nor a CIDR network"))
 }
 
 /// Registers the SIGTERM and SIGINT handlers now; the future completes at the first signal.
@@ -425,6 +424,12 @@ mod tests {
         assert_eq!(parse_net("10.0.0.1").unwrap().to_string(), "10.0.0.1/32");
         assert_eq!(parse_net(" 10.0.0.0/8 ").unwrap().to_string(), "10.0.0.0/8");
         assert_eq!(parse_net("::1").unwrap().to_string(), "::1/128");
+        // As keys' allow-lists read them: truncated, and IPv4-mapped given as IPv4.
+        assert_eq!(parse_net("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            parse_net("::ffff:10.0.0.0/104").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         let err = parse_net("proxy.local").unwrap_err();
         assert!(err.contains("`proxy.local`"), "{err}");
     }

@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use keyledger_core::model::canonical_ip;
 use keyledger_service::{Actor, Caller, Idempotency, KeyEntry};
 use serde::de::DeserializeOwned;
@@ -20,15 +20,16 @@ use std::sync::Arc;
 pub struct JsonBody<T>(pub T, pub Option<Idempotency>);
 
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Reads `Idempotency-Key` (1..=255 visible ASCII characters) and fingerprints the request.
 fn idempotency(
-    headers: &axum::http::HeaderMap,
+    header: Option<&HeaderValue>,
     method: &axum::http::Method,
     path: &str,
     canonical_body: &[u8],
 ) -> Result<Option<Idempotency>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else {
+    let Some(v) = header else {
         return Ok(None);
     };
     let key = v
@@ -59,7 +60,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        idempotency(&parts.headers, &parts.method, parts.uri.path(), b"").map(IdempotencyKey)
+        let header = parts.headers.get(IDEMPOTENCY_KEY);
+        idempotency(header, &parts.method, parts.uri.path(), b"").map(IdempotencyKey)
     }
 }
 
@@ -67,9 +69,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let wants_idempotency = req.headers().contains_key("idempotency-key");
-        let headers = req.headers().clone();
+        // What the fingerprint needs, copied only when there is a key (the body consumes `req`).
+        let idem = req
+            .headers()
+            .get(IDEMPOTENCY_KEY)
+            .map(|v| (v.clone(), req.method().clone(), req.uri().path().to_owned()));
         let is_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -94,12 +98,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 ApiError::validation("could not read the request body")
             }
         })?;
-        let fingerprint = |canonical: &[u8]| {
-            if wants_idempotency {
-                idempotency(&headers, &method, &path, canonical)
-            } else {
-                Ok(None)
-            }
+        let fingerprint = |canonical: &[u8]| match &idem {
+            Some((header, method, path)) => idempotency(Some(header), method, path, canonical),
+            None => Ok(None),
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(parse_body(b"")?, fingerprint(b"{}")?));
@@ -112,7 +113,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             ));
         }
         let value = parse_body(&bytes)?;
-        let canonical = if wants_idempotency {
+        let canonical = if idem.is_some() {
             // Same JSON, same fingerprint: key order and whitespace do not matter.
             let v: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|_| ApiError::validation("body is not valid JSON"))?;
@@ -149,20 +150,30 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    // The plain parse is the fast path; only a refused body is parsed again to name the field.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
+    let invalid_json = |inner: serde_json::Error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("body is not valid JSON: {inner}"),
+        )
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("body is not valid JSON: {inner}"),
-            )
+            invalid_json(inner)
         } else {
             ApiError::validation(field_message(&path, &inner.to_string()))
         }
-    })
+    })?;
+    // Anything after the object but whitespace (`{...} junk`) is not JSON either.
+    de.end().map_err(invalid_json)?;
+    Ok(value)
 }
 
 /// `path: message`, where serde's "at line.. column.." suffix is dropped. Unknown-field errors
@@ -343,6 +354,30 @@ mod tests {
         let peer = SocketAddr::new(peer.parse().unwrap(), 4000);
         parts.extensions.insert(ConnectInfo(peer));
         parts
+    }
+
+    #[test]
+    fn a_body_is_one_json_object_and_a_refusal_names_the_field() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            #[allow(dead_code)]
+            name: String,
+        }
+        let code = |body: &str| match parse_body::<Body>(body.as_bytes()) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("{} {}", e.code, e.message),
+        };
+        assert_eq!(code(r#" {"name":"a"} "#), "ok");
+        assert!(code(r#"{"name":"a"} junk"#).starts_with("invalid_json "));
+        assert!(code(r#"{"name":"a"}{}"#).starts_with("invalid_json "));
+        assert!(code(r#"{"name":"a""#).starts_with("invalid_json "));
+        assert_eq!(
+            code(r#"{"name":1}"#),
+            "validation_failed name: invalid type: integer `1`, expected a string"
+        );
+        assert!(code(r#"{"name":"a","x":1}"#).starts_with("validation_failed unknown field `x`"));
+        assert_eq!(code("[]"), "validation_failed body: must be a JSON object");
     }
 
     #[test]

@@ -180,22 +180,29 @@ pub struct VerifyRequest {
     pub ip: Option<String>,
 }
 
+// Borrows from the key's entry: a verify answer copies no strings before it is serialized.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct VerifyResponse {
+pub struct VerifyResponse<'a> {
     pub valid: bool,
     /// `VALID`, `NOT_FOUND`, `DISABLED`, `EXPIRED`, `REVOKED`, `FORBIDDEN_IP`,
     /// `INSUFFICIENT_SCOPES`.
-    pub code: String,
+    #[schema(value_type = String)]
+    pub code: &'static str,
     pub key_id: Option<Uuid>,
-    pub account: Option<String>,
-    pub owner: Option<String>,
-    pub name: Option<String>,
-    pub role: Option<String>,
-    pub scopes: Option<Vec<String>>,
+    #[schema(value_type = Option<String>)]
+    pub account: Option<&'a str>,
+    #[schema(value_type = Option<String>)]
+    pub owner: Option<&'a str>,
+    #[schema(value_type = Option<String>)]
+    pub name: Option<&'a str>,
+    #[schema(value_type = Option<String>)]
+    pub role: Option<&'a str>,
+    #[schema(value_type = Option<Vec<String>>)]
+    pub scopes: Option<&'a [String]>,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
     #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
+    pub metadata: Option<&'a serde_json::Map<String, Value>>,
     pub enabled: Option<bool>,
     /// The presented secret was rotated away and is inside its grace period.
     pub rotating: bool,
@@ -203,20 +210,20 @@ pub struct VerifyResponse {
     pub rotation_ends_at: Option<Timestamp>,
 }
 
-impl From<&Verification> for VerifyResponse {
-    fn from(v: &Verification) -> Self {
+impl<'a> From<&'a Verification> for VerifyResponse<'a> {
+    fn from(v: &'a Verification) -> Self {
         let s = v.entry.as_ref().map(|e| &e.state);
         Self {
             valid: v.code == keyledger_service::VerifyCode::Valid,
-            code: v.code.as_str().into(),
+            code: v.code.as_str(),
             key_id: s.map(|s| s.id),
-            account: s.map(|s| s.account.clone()),
-            owner: s.and_then(|s| s.owner.clone()),
-            name: s.map(|s| s.name.clone()),
-            role: s.and_then(|s| s.role.clone()),
-            scopes: s.map(|s| s.scopes.clone()),
+            account: s.map(|s| s.account.as_str()),
+            owner: s.and_then(|s| s.owner.as_deref()),
+            name: s.map(|s| s.name.as_str()),
+            role: s.and_then(|s| s.role.as_deref()),
+            scopes: s.map(|s| s.scopes.as_slice()),
             expires_at: s.and_then(|s| s.expires_at),
-            metadata: s.map(|s| Value::Object(s.metadata.clone())),
+            metadata: s.map(|s| &s.metadata),
             enabled: s.map(|s| s.enabled),
             rotating: v.rotating,
             rotation_ends_at: s

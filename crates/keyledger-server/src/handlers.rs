@@ -7,7 +7,7 @@ use crate::extract::{Auth, IdempotencyKey, IfMatch, JsonBody, QueryParams};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keyledger_service::{AsOf, Cursor, ListQuery, SCOPE_VERIFY, SortField, SortValue, VerifyCode};
@@ -300,7 +300,7 @@ pub async fn verify(
     State(st): State<AppState>,
     auth: Auth,
     JsonBody(req, _): JsonBody<VerifyRequest>,
-) -> Result<Json<VerifyResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     auth.caller.require(SCOPE_VERIFY)?;
     let ip = req
         .ip
@@ -319,7 +319,8 @@ pub async fn verify(
         v.rotating = false;
     }
     st.metrics.verify_outcome(v.code.as_str());
-    Ok(Json(VerifyResponse::from(&v)))
+    // Serialized here, while the answer can still borrow from `v`.
+    Ok(Json(VerifyResponse::from(&v)).into_response())
 }
 
 /// The public keys that sign the event log.

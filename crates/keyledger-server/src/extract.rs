@@ -22,16 +22,14 @@ pub struct JsonBody<T>(pub T, pub Option<Idempotency>);
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// Reads `Idempotency-Key` (1..=255 visible ASCII characters) and fingerprints the request.
+/// Checks an `Idempotency-Key` value (1..=255 visible ASCII characters) and fingerprints the
+/// request.
 fn idempotency(
-    header: Option<&HeaderValue>,
+    v: &HeaderValue,
     method: &axum::http::Method,
     path: &str,
     canonical_body: &[u8],
-) -> Result<Option<Idempotency>, ApiError> {
-    let Some(v) = header else {
-        return Ok(None);
-    };
+) -> Result<Idempotency, ApiError> {
     let key = v
         .to_str()
         .ok()
@@ -47,10 +45,10 @@ fn idempotency(
     h.update(path.as_bytes());
     h.update(b"\n");
     h.update(canonical_body);
-    Ok(Some(Idempotency {
+    Ok(Idempotency {
         key: key.to_owned(),
         fingerprint: hex::encode(h.finalize()),
-    }))
+    })
 }
 
 /// The `Idempotency-Key` of a request without a body (DELETE).
@@ -61,7 +59,10 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let header = parts.headers.get(IDEMPOTENCY_KEY);
-        idempotency(header, &parts.method, parts.uri.path(), b"").map(IdempotencyKey)
+        header
+            .map(|v| idempotency(v, &parts.method, parts.uri.path(), b""))
+            .transpose()
+            .map(IdempotencyKey)
     }
 }
 
@@ -98,9 +99,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 ApiError::validation("could not read the request body")
             }
         })?;
-        let fingerprint = |canonical: &[u8]| match &idem {
-            Some((header, method, path)) => idempotency(Some(header), method, path, canonical),
-            None => Ok(None),
+        let fingerprint = |canonical: &[u8]| {
+            idem.as_ref()
+                .map(|(v, method, path)| idempotency(v, method, path, canonical))
+                .transpose()
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(parse_body(b"")?, fingerprint(b"{}")?));

@@ -79,15 +79,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|ct| {
-                let mime = ct
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase();
-                mime == "application/json" || mime.ends_with("+json")
-            });
+            .map(is_json_media_type);
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
@@ -125,6 +117,22 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         };
         Ok(JsonBody(value, fingerprint(&canonical)?))
     }
+}
+
+/// `application/json` or any `+json` type, parameters ignored, in any case. Compared without
+/// lowercasing into a new string: every body passes here.
+fn is_json_media_type(content_type: &str) -> bool {
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .as_bytes();
+    mime.eq_ignore_ascii_case(b"application/json")
+        || mime
+            .len()
+            .checked_sub(5)
+            .is_some_and(|at| mime[at..].eq_ignore_ascii_case(b"+json"))
 }
 
 /// Parses a request body as the server does: a blank body reads as `{}`; anything but a JSON
@@ -356,6 +364,28 @@ mod tests {
         let peer = SocketAddr::new(peer.parse().unwrap(), 4000);
         parts.extensions.insert(ConnectInfo(peer));
         parts
+    }
+
+    #[test]
+    fn json_media_types_match_in_any_case_with_parameters() {
+        for ct in [
+            "application/json",
+            "Application/JSON",
+            " application/json ; charset=utf-8",
+            "application/merge-patch+json",
+            "application/VND.API+JSON;v=1",
+        ] {
+            assert!(is_json_media_type(ct), "{ct}");
+        }
+        for ct in [
+            "",
+            "text/plain",
+            "application/jsonx",
+            "json",
+            "application/json-seq",
+        ] {
+            assert!(!is_json_media_type(ct), "{ct}");
+        }
     }
 
     #[test]

@@ -108,6 +108,21 @@ async fn behind_a_trusted_proxy_limits_and_allowed_ips_apply_to_the_forwarded_cl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_given_in_ipv4_mapped_form_matches_its_ipv4_peer() {
+    // Options built in code skip the CLI's parser; the server canonicalizes them itself.
+    let h = Harness::start_with(Config {
+        trusted_proxies: vec!["::ffff:127.0.0.1/128".parse().unwrap()],
+        ..Config::default()
+    })
+    .await;
+    let (_, secret) = h
+        .create_key(serde_json::json!({"name": "office only", "allowed_ips": ["198.51.100.0/24"]}))
+        .await;
+    assert_eq!(me_via(&h, &secret, "198.51.100.20").await, 200);
+    assert_eq!(me_via(&h, &secret, "192.0.2.20").await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_trusted_proxies_x_forwarded_for_is_ignored() {
     let h = Harness::start().await;
     // A brute-forcer cannot dodge the limit by naming a new client each time.

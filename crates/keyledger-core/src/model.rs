@@ -75,20 +75,26 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// An address (as a /32 or /128) or a CIDR network, truncated to its prefix. Networks and
-/// addresses inside `::ffff:0:0/96` are given as IPv4, so that they match what
-/// [`canonical_ip`] compares. The one parser for allow-lists and trusted proxies.
+/// An address (as a /32 or /128) or a CIDR network, in [`canonical_net`] form. The one parser
+/// for allow-lists and trusted proxies.
 pub fn parse_net(s: &str) -> Option<IpNet> {
     let net = match s.parse::<IpNet>() {
-        Ok(net) => net.trunc(),
+        Ok(net) => net,
         Err(_) => IpNet::from(s.parse::<IpAddr>().ok()?),
     };
-    Some(match net {
+    Some(canonical_net(net))
+}
+
+/// A network truncated to its prefix, and given as IPv4 when it lies inside `::ffff:0:0/96`,
+/// so that it matches what [`canonical_ip`] compares.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    let net = net.trunc();
+    match net {
         IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
             .network()
             .to_ipv4_mapped()
             .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
             .map_or(net, IpNet::V4),
         other => other,
-    })
+    }
 }

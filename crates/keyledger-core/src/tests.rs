@@ -307,3 +307,14 @@ fn events_round_trip_through_json() {
         assert_eq!(serde_json::from_value::<Event>(json).unwrap(), e);
     }
 }
+
+#[test]
+fn canonical_nets_are_truncated_and_ipv4_mapped_ones_become_ipv4() {
+    let canon = |s: &str| crate::model::canonical_net(s.parse().unwrap()).to_string();
+    assert_eq!(canon("10.1.2.3/8"), "10.0.0.0/8");
+    assert_eq!(canon("::ffff:127.0.0.1/128"), "127.0.0.1/32");
+    assert_eq!(canon("::ffff:10.9.8.7/104"), "10.0.0.0/8");
+    // Wider than the mapped range, or outside it: left as IPv6.
+    assert_eq!(canon("::ffff:0:0/95"), "::fffe:0:0/95");
+    assert_eq!(canon("2001:db8::7/32"), "2001:db8::/32");
+}

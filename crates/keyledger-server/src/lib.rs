@@ -70,7 +70,8 @@ pub struct ServerConfig {
     pub request_timeout: std::time::Duration,
     /// Reverse proxies in front of the server: for requests from these addresses the client
     /// address (for the failed-authentication limit and a key's `allowed_ips`) is taken from
-    /// `X-Forwarded-For`. Empty: the header is ignored.
+    /// `X-Forwarded-For`. Empty: the header is ignored. Taken in canonical form
+    /// ([`keyledger_core::model::canonical_net`]): an IPv4-mapped net matches IPv4 peers.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
@@ -130,7 +131,13 @@ pub fn router(
         service,
         metrics,
         allow_query_key: config.allow_query_key,
-        trusted_proxies: config.trusted_proxies.into(),
+        // As `--trusted-proxy` parses them, also when given in code: `::ffff:10.0.0.0/104` must
+        // match the IPv4 peers `client_ip` compares.
+        trusted_proxies: config
+            .trusted_proxies
+            .into_iter()
+            .map(keyledger_core::model::canonical_net)
+            .collect(),
         shutdown,
         limits: Arc::new(limits),
     };

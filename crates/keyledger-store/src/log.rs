@@ -213,47 +213,59 @@ impl SignJob {
 
 /// Helper threads that sign a batch beside the appending thread.
 ///
-/// They run for the log's lifetime and sleep between batches: a thread spawned per batch
-/// started ~0.5–1 ms late under load (the scheduler queues a new thread behind the busy
-/// HTTP workers), after the batch was long signed. The appending thread never waits for a helper
-/// to show up: it claims hashes like the helpers do, then signs every hash still unsigned
-/// itself; it only waits for a signature a helper is computing at that moment. Signatures are
-/// deterministic, so who signs does not matter.
+/// They start with the first batch large enough to need them (a log that is only read, as by
+/// `audit verify` or `events export`, never starts them) and then run for the log's lifetime,
+/// sleeping between batches: a thread spawned per batch started ~0.5–1 ms late under load (the
+/// scheduler queues a new thread behind the busy HTTP workers), after the batch was long
+/// signed. The appending thread never waits for a helper to show up: it claims hashes like the
+/// helpers do, then signs every hash still unsigned itself; it only waits for a signature a
+/// helper is computing at that moment. Signatures are deterministic, so who signs does not
+/// matter.
 struct SigningPool {
-    helpers: Vec<mpsc::Sender<Arc<SignJob>>>,
+    threads: usize,
+    helpers: OnceLock<Vec<mpsc::Sender<Arc<SignJob>>>>,
 }
 
 impl SigningPool {
-    fn start(helpers: usize) -> Self {
-        let helpers = (0..helpers)
-            .filter_map(|_| {
-                let (tx, rx) = mpsc::channel::<Arc<SignJob>>();
-                std::thread::Builder::new()
-                    .name("keyledger-sign".into())
-                    .spawn(move || {
-                        while let Ok(job) = rx.recv() {
-                            job.work();
-                        }
-                    })
-                    .ok()
-                    .map(|_| tx)
-            })
-            .collect();
-        Self { helpers }
+    fn new(threads: usize) -> Self {
+        Self {
+            threads,
+            helpers: OnceLock::new(),
+        }
+    }
+
+    fn helpers(&self) -> &[mpsc::Sender<Arc<SignJob>>] {
+        self.helpers.get_or_init(|| {
+            (0..self.threads)
+                .filter_map(|_| {
+                    let (tx, rx) = mpsc::channel::<Arc<SignJob>>();
+                    std::thread::Builder::new()
+                        .name("keyledger-sign".into())
+                        .spawn(move || {
+                            while let Ok(job) = rx.recv() {
+                                job.work();
+                            }
+                        })
+                        .ok()
+                        .map(|_| tx)
+                })
+                .collect()
+        })
     }
 
     /// The signatures of `hashes`, in order.
     fn sign(&self, keys: &Arc<SigningKeys>, hashes: Vec<[u8; 32]>) -> Vec<String> {
-        if hashes.len() < PARALLEL_SIGNING_MIN || self.helpers.is_empty() {
+        if hashes.len() < PARALLEL_SIGNING_MIN || self.threads == 0 {
             return hashes.iter().map(|h| keys.sign(h).1).collect();
         }
+        let helpers = self.helpers();
         let job = Arc::new(SignJob {
             keys: keys.clone(),
             signatures: hashes.iter().map(|_| OnceLock::new()).collect(),
             hashes,
             next: AtomicUsize::new(0),
         });
-        for helper in &self.helpers {
+        for helper in helpers {
             let _ = helper.send(job.clone());
         }
         job.finish()
@@ -299,7 +311,7 @@ impl Log {
             closed: Arc::default(),
             opener,
             keys: Arc::new(keys),
-            signers: Arc::new(SigningPool::start(parallelism() - 1)),
+            signers: Arc::new(SigningPool::new(parallelism() - 1)),
         })
     }
 
@@ -843,10 +855,20 @@ mod signing_pool_tests {
     }
 
     #[test]
+    fn helpers_start_only_with_the_first_batch_that_needs_them() {
+        let keys = keys();
+        let pool = SigningPool::new(2);
+        pool.sign(&keys, hashes(PARALLEL_SIGNING_MIN as u8 - 1));
+        assert!(pool.helpers.get().is_none(), "a small batch started helpers");
+        pool.sign(&keys, hashes(PARALLEL_SIGNING_MIN as u8));
+        assert_eq!(pool.helpers.get().map(Vec::len), Some(2));
+    }
+
+    #[test]
     fn helpers_sign_the_same_as_the_appending_thread_alone() {
         let keys = keys();
         for helpers in [0, 1, 3] {
-            let pool = SigningPool::start(helpers);
+            let pool = SigningPool::new(helpers);
             for n in [1, 7, 8, 33, 100] {
                 let h = hashes(n);
                 assert_eq!(
@@ -877,7 +899,10 @@ mod signing_pool_tests {
         let keys = keys();
         let (tx, rx) = mpsc::channel();
         drop(rx);
-        let pool = SigningPool { helpers: vec![tx] };
+        let pool = SigningPool {
+            threads: 1,
+            helpers: OnceLock::from(vec![tx]),
+        };
         let h = hashes(16);
         assert_eq!(pool.sign(&keys, h.clone()), alone(&keys, &h));
     }

@@ -57,6 +57,57 @@ async fn openapi_document_describes_the_key_api() {
     }
 }
 
+/// Found by schemathesis against the served document: every answer the API can give is
+/// declared, and the declared limits are the ones the server enforces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_declares_rate_limits_put_and_the_enforced_bounds() {
+    let h = Harness::start().await;
+    let doc = h
+        .send_auth(Method::GET, "/openapi.json", Auth::None, None)
+        .await
+        .expect(200)
+        .json();
+    let mut authenticated = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+            let codes = op["responses"].as_object().expect("responses");
+            if secured {
+                authenticated += 1;
+                assert!(codes.contains_key("429"), "{method} {path} lacks 429");
+            }
+            if secured && method != "get" {
+                assert!(codes.contains_key("503"), "{method} {path} lacks 503");
+            }
+        }
+    }
+    assert!(
+        authenticated >= 10,
+        "only {authenticated} secured operations"
+    );
+
+    let key = &doc["paths"]["/v1/keys/{id}"];
+    assert_eq!(key["put"]["requestBody"], key["patch"]["requestBody"]);
+    assert_eq!(key["put"]["operationId"], "replace_key");
+
+    let limit = doc["paths"]["/v1/keys"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .expect("limit parameter");
+    assert_eq!(limit["schema"]["minimum"], 1);
+    assert_eq!(limit["schema"]["maximum"], 1000);
+    let create = &doc["components"]["schemas"]["CreateKeyRequest"]["properties"];
+    assert_eq!(create["name"]["maxLength"], 255);
+    assert_eq!(create["prefix"]["pattern"], "^[a-z0-9]{1,16}$");
+    // The bounds are the server's: one past them is refused.
+    h.get("/v1/keys?limit=0", &h.admin)
+        .await
+        .expect_error(400, "validation_failed");
+    h.get("/v1/keys?limit=1000", &h.admin).await.expect(200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_route_is_404_with_envelope() {
     let h = Harness::start().await;

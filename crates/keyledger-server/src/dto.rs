@@ -84,16 +84,23 @@ pub struct KeyWithSecret {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
-    /// 1 to 255 characters.
+    /// 1 to 255 characters, not all blank, no control characters.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     pub name: String,
     /// `[A-Za-z0-9_-]{1,64}`; default: the caller's account (`default` for admins).
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     pub account: Option<String>,
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     pub owner: Option<String>,
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub role: Option<String>,
+    /// At most 100, each 1 to 128 characters without whitespace.
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub scopes: Vec<String>,
-    /// IPs or CIDR blocks, v4 or v6; empty = any.
+    /// IPs or CIDR blocks, v4 or v6; empty = any. At most 100.
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub allowed_ips: Vec<String>,
     pub enabled: Option<bool>,
     /// RFC 3339, in the future.
@@ -103,6 +110,7 @@ pub struct CreateKeyRequest {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     /// `[a-z0-9]{1,16}`, default `kl`.
+    #[schema(pattern = r"^[a-z0-9]{1,16}$")]
     pub prefix: Option<String>,
 }
 
@@ -142,14 +150,17 @@ impl From<UpdateKeyRequest> for keyledger_core::KeyPatch {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyRequest {
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255, pattern = r"\S")]
     pub owner: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 64, pattern = r"\S")]
     pub role: Option<Option<String>>,
+    #[schema(max_items = 100)]
     pub scopes: Option<Vec<String>>,
+    #[schema(max_items = 100)]
     pub allowed_ips: Option<Vec<String>>,
     pub enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
@@ -165,6 +176,7 @@ pub struct UpdateKeyRequest {
 pub struct ResetKeyRequest {
     /// How long the old secret stays valid, 0..=604800 seconds (default 0).
     #[serde(default)]
+    #[schema(maximum = 604_800)]
     pub grace_seconds: u64,
 }
 
@@ -239,6 +251,7 @@ impl<'a> From<&'a Verification> for VerifyResponse<'a> {
 pub struct GetParams {
     /// A seq or an RFC 3339 instant: the key as it was then (also if revoked since).
     /// `last_used_at` is not part of the history and is `null` in such answers.
+    #[param(pattern = "^([0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}T.+)$")]
     pub as_of: Option<String>,
 }
 
@@ -247,13 +260,16 @@ pub struct GetParams {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// 1..=1000, default 50.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     pub offset: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// `created_at` (default), `updated_at`, `name`, `last_used_at`.
+    #[param(pattern = "^(created_at|updated_at|name|last_used_at)$")]
     pub sort: Option<String>,
     /// `asc` (default) or `desc`.
+    #[param(pattern = "^(asc|desc)$")]
     pub order: Option<String>,
     /// Case-insensitive substring of the name.
     pub search: Option<String>,

@@ -27,10 +27,14 @@ pub struct EventParams {
     /// Return events with seq greater than this (default 0).
     pub after: Option<u64>,
     /// 1..=1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Only this type, e.g. `key.rotated`.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^key\\.(created|updated|rotated|deleted|expired|rotation_ended)$"
+    )]
     pub event_type: Option<String>,
     /// Admin only: one account.
     pub account: Option<String>,
@@ -117,8 +121,12 @@ pub async fn key_events(
 pub struct StreamParams {
     /// Start after this seq (default: `Last-Event-ID`, else 0 = from the beginning).
     pub after: Option<u64>,
+    /// Only this type, e.g. `key.rotated`.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(
+        rename = "type",
+        pattern = "^key\\.(created|updated|rotated|deleted|expired|rotation_ended)$"
+    )]
     pub event_type: Option<String>,
     /// Admin only: one account.
     pub account: Option<String>,

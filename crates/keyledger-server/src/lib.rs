@@ -96,7 +96,7 @@ impl Default for ServerConfig {
         handlers::signing_key, handlers::healthz, handlers::readyz,
         events::list_events, events::key_events, events::stream_events
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
     tags((name = "keys"), (name = "verify"), (name = "events"), (name = "ops"))
 )]
 pub struct ApiDoc;
@@ -111,6 +111,88 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// What the handlers' annotations leave out because every operation of a kind shares it:
+/// 429 on every authenticated operation (the failed-authentication limit and `--key-rate-limit`
+/// apply to all of them), 503 where storage is touched (commands and the event log; key reads
+/// are served from memory), and `PUT /v1/keys/{id}`, which is PATCH under another method.
+struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{HttpMethod, Ref, ResponseBuilder, header::HeaderBuilder};
+        let error = |description: &str, retry_after: bool| {
+            let mut r = ResponseBuilder::new().description(description).content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            );
+            if retry_after {
+                r = r.header(
+                    "Retry-After",
+                    HeaderBuilder::new()
+                        .schema(
+                            utoipa::openapi::ObjectBuilder::new()
+                                .schema_type(utoipa::openapi::schema::Type::Integer),
+                        )
+                        .description(Some("seconds to wait"))
+                        .build(),
+                );
+            }
+            r.build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/v1/keys/{id}" && item.put.is_none() {
+                item.put = item.patch.clone().map(|mut op| {
+                    op.operation_id = Some("replace_key".into());
+                    op.summary =
+                        Some("Update some fields (PUT is PATCH under another name)".into());
+                    op
+                });
+            }
+            let storage = path.starts_with("/v1/events") || path.ends_with("/events");
+            for method in [
+                HttpMethod::Get,
+                HttpMethod::Post,
+                HttpMethod::Put,
+                HttpMethod::Patch,
+                HttpMethod::Delete,
+            ] {
+                let Some(op) = operation_mut(item, &method) else {
+                    continue;
+                };
+                if op.security.as_ref().is_none_or(Vec::is_empty) {
+                    continue;
+                }
+                let responses = &mut op.responses.responses;
+                responses
+                    .entry("429".into())
+                    .or_insert_with(|| error("rate limited", true).into());
+                if storage || !matches!(method, HttpMethod::Get) {
+                    responses
+                        .entry("503".into())
+                        .or_insert_with(|| error("storage unavailable; retry", true).into());
+                }
+            }
+        }
+    }
+}
+
+fn operation_mut<'a>(
+    item: &'a mut utoipa::openapi::PathItem,
+    method: &utoipa::openapi::HttpMethod,
+) -> Option<&'a mut utoipa::openapi::path::Operation> {
+    use utoipa::openapi::HttpMethod;
+    match method {
+        HttpMethod::Get => item.get.as_mut(),
+        HttpMethod::Post => item.post.as_mut(),
+        HttpMethod::Put => item.put.as_mut(),
+        HttpMethod::Patch => item.patch.as_mut(),
+        HttpMethod::Delete => item.delete.as_mut(),
+        _ => None,
     }
 }
 

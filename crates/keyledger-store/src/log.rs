@@ -859,7 +859,10 @@ mod signing_pool_tests {
         let keys = keys();
         let pool = SigningPool::new(2);
         pool.sign(&keys, hashes(PARALLEL_SIGNING_MIN as u8 - 1));
-        assert!(pool.helpers.get().is_none(), "a small batch started helpers");
+        assert!(
+            pool.helpers.get().is_none(),
+            "a small batch started helpers"
+        );
         pool.sign(&keys, hashes(PARALLEL_SIGNING_MIN as u8));
         assert_eq!(pool.helpers.get().map(Vec::len), Some(2));
     }

@@ -1,7 +1,8 @@
 //! Verification of the whole log: contiguous seqs, the hash chain, each hash recomputed from
-//! the stored bytes, each signature.
+//! the stored bytes, each signature, and each replay row (what rebuilds read) equal to the
+//! signed event it stands for.
 
-use crate::envelope::{GENESIS_HASH, envelope_hash};
+use crate::envelope::{GENESIS_HASH, ReplayEvent, envelope_hash};
 use crate::signing::SignatureVerifier;
 use crate::{Log, StoreError};
 use serde_json::Value;
@@ -37,8 +38,10 @@ pub fn verify_log(
     let mut expected_seq = 1u64;
     let mut prev_hash = GENESIS_HASH.to_string();
     let mut failure = None;
-    log.scan_raw(0, |key_seq, bytes| {
-        match check_one(key_seq, bytes, expected_seq, &prev_hash, verifier) {
+    log.scan_with_replay_rows(|key_seq, bytes, row| {
+        let checked = check_one(key_seq, bytes, expected_seq, &prev_hash, verifier)
+            .and_then(|hash| check_replay_row(key_seq, bytes, row).map(|()| hash));
+        match checked {
             Ok(hash) => {
                 prev_hash = hash;
                 progress(expected_seq);
@@ -71,6 +74,19 @@ pub fn verify_log(
         .into());
     }
     Ok(last)
+}
+
+/// The replay row of an event whose JSON already verified: present, and decoding to the same
+/// folding members. A row that differs would make a rebuild disagree with the signed log.
+fn check_replay_row(seq: u64, bytes: &[u8], row: Option<&[u8]>) -> Result<(), AuditFailure> {
+    let fail = |reason: String| AuditFailure { seq, reason };
+    let row = row.ok_or_else(|| fail("no replay row".into()))?;
+    let from_row = ReplayEvent::decode_row(seq, row).map_err(|e| fail(e.to_string()))?;
+    let signed = ReplayEvent::decode(bytes).map_err(|e| fail(format!("undecodable: {e}")))?;
+    if from_row != signed {
+        return Err(fail("the replay row differs from the signed event".into()));
+    }
+    Ok(())
 }
 
 fn check_one(

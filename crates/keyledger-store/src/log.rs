@@ -5,13 +5,19 @@
 //! - `stream_heads`: `key id -> version` (absent: no stream);
 //! - `stream_index`: `(key id, version) -> seq`;
 //! - `event_ids`: `event id -> seq`, for idempotent retries;
-//! - `meta`: `"head" -> seq (8 bytes BE) ++ hash (64 hex bytes)`.
+//! - `meta`: `"head" -> seq (8 bytes BE) ++ hash (64 hex bytes)`;
+//! - `replay`: `seq -> replay row` ([`encode_replay_row`]): what folding needs of each event, in
+//!   a compact binary form, written in the same transaction as the event. Replays read these
+//!   rows; the JSON stays the signed source of truth, and `audit verify` checks every row
+//!   against it.
 //!
 //! Every append runs inside one write transaction that checks each stream's expected version,
 //! extends the hash chain, signs, lets a [`Projector`] update read models in the same
 //! transaction, and commits durably before anything is acknowledged.
 
-use crate::envelope::{Envelope, GENESIS_HASH, RawEvent, ReplayEvent, envelope_hash};
+use crate::envelope::{
+    Envelope, GENESIS_HASH, RawEvent, ReplayEvent, encode_replay_row, envelope_hash,
+};
 use crate::signing::SigningKeys;
 use crate::{AppendError, StoreError};
 use keyledger_core::event::SCHEMA_VERSION;
@@ -30,6 +36,7 @@ const STREAM_INDEX: TableDefinition<(u128, u64), u64> = TableDefinition::new("st
 const EVENT_IDS: TableDefinition<u128, u64> = TableDefinition::new("event_ids");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+pub(crate) const REPLAY: TableDefinition<u64, &[u8]> = TableDefinition::new("replay");
 
 /// redb's page cache by default. Reads on the hot paths never reach redb (verification and
 /// listing are served from memory), so a large cache would only hold the pages the start-up
@@ -149,6 +156,7 @@ struct Tables<'t> {
     index: redb::Table<'t, (u128, u64), u64>,
     ids: redb::Table<'t, u128, u64>,
     idempotency: redb::Table<'t, &'static str, &'static [u8]>,
+    replay: redb::Table<'t, u64, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -159,6 +167,7 @@ impl<'t> Tables<'t> {
             index: txn.open_table(STREAM_INDEX)?,
             ids: txn.open_table(EVENT_IDS)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
+            replay: txn.open_table(REPLAY)?,
         })
     }
 }
@@ -305,7 +314,9 @@ impl Log {
         txn.open_table(EVENT_IDS)?;
         txn.open_table(META)?;
         txn.open_table(IDEMPOTENCY)?;
+        txn.open_table(REPLAY)?;
         txn.commit()?;
+        fill_replay_rows(&db)?;
         Ok(Self {
             db: Arc::new(parking_lot::RwLock::new(Some(Arc::new(db)))),
             closed: Arc::default(),
@@ -405,6 +416,8 @@ impl Log {
         let stored = self.sign_all(&mut new_events)?;
         for (env, bytes) in new_events.iter().zip(stored) {
             tables.events.insert(env.seq, bytes.as_slice())?;
+            let row = encode_replay_row(env.key_id, env.occurred_at, &env.event)?;
+            tables.replay.insert(env.seq, row.as_slice())?;
         }
         drop(tables);
         let new_events: Vec<&Envelope> = new_events.into_iter().map(|e| &*e).collect();
@@ -610,13 +623,67 @@ impl Log {
     pub fn scan_raw(
         &self,
         after: u64,
+        f: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.scan_table(EVENTS, after, f)
+    }
+
+    /// [`Log::scan_raw`] over the replay rows: what [`Log::replay`] reads, undecoded (the
+    /// ceiling a replay is measured against).
+    pub fn scan_replay_rows_raw(
+        &self,
+        after: u64,
+        f: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.scan_table(REPLAY, after, f)
+    }
+
+    fn scan_table(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+        after: u64,
         mut f: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let txn = self.database()?.begin_read()?;
-        let events = txn.open_table(EVENTS)?;
+        let events = txn.open_table(table)?;
         for item in events.range(after.saturating_add(1)..)? {
             let (k, v) = item?;
             if !f(k.value(), v.value())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Like [`Log::scan_raw`] from the start, with each event's replay row (`None` if it has
+    /// none), read in the same snapshot: for `audit verify`.
+    pub fn scan_with_replay_rows(
+        &self,
+        mut f: impl FnMut(u64, &[u8], Option<&[u8]>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let txn = self.database()?.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let replay = txn.open_table(REPLAY)?;
+        let mut rows = replay.range(1..)?.peekable();
+        for item in events.range(1..)? {
+            let (k, v) = item?;
+            let seq = k.value();
+            // Rows are keyed like events: skip any without an event, take the one at `seq`.
+            let mut row = None;
+            while let Some(next) = rows.peek() {
+                let at = match next {
+                    Ok((rk, _)) => rk.value(),
+                    Err(_) => 0,
+                };
+                if at > seq {
+                    break;
+                }
+                let (rk, rv) = rows.next().expect("peeked")?;
+                if rk.value() == seq {
+                    row = Some(rv);
+                }
+            }
+            if !f(seq, v.value(), row.as_ref().map(|r| r.value()))? {
                 break;
             }
         }
@@ -687,13 +754,12 @@ impl Log {
     /// The events with `lo < seq <= hi`, checked to be exactly those seqs.
     fn replay_range(&self, lo: u64, hi: u64) -> Result<Vec<ReplayEvent>, StoreError> {
         let txn = self.database()?.begin_read()?;
-        let events = txn.open_table(EVENTS)?;
+        let rows = txn.open_table(REPLAY)?;
         let mut out = Vec::with_capacity((hi - lo) as usize);
-        for item in events.range(lo + 1..=hi)? {
+        for item in rows.range(lo + 1..=hi)? {
             let (k, v) = item?;
-            let ev = ReplayEvent::decode(v.value())
-                .map_err(|e| StoreError::Corrupt(format!("undecodable event: {e}")))?;
-            if ev.seq != k.value() || k.value() != lo + 1 + out.len() as u64 {
+            let ev = ReplayEvent::decode_row(k.value(), v.value())?;
+            if k.value() != lo + 1 + out.len() as u64 {
                 return Err(StoreError::Corrupt(format!(
                     "seq {} is out of place",
                     k.value()
@@ -805,6 +871,53 @@ fn stream_in(txn: &ReadTransaction, key_id: Uuid) -> Result<Vec<Envelope>, Store
 }
 
 /// Decodes a stored envelope.
+/// Writes the replay row of every event that has none: all of them in a log written before
+/// the `replay` table existed (once, at the first open after the upgrade; ~5 µs per event),
+/// none otherwise. Counts decide whether to look, so an up-to-date log costs two lookups.
+fn fill_replay_rows(db: &Database) -> Result<(), StoreError> {
+    const BATCH: usize = 65_536;
+    let counts = |txn: &ReadTransaction| -> Result<(u64, u64), StoreError> {
+        use redb::ReadableTableMetadata;
+        Ok((
+            txn.open_table(EVENTS)?.len()?,
+            txn.open_table(REPLAY)?.len()?,
+        ))
+    };
+    let (events, rows) = counts(&db.begin_read()?)?;
+    if rows >= events {
+        return Ok(());
+    }
+    tracing::info!(
+        missing = events - rows,
+        "writing the replay rows of events logged by an earlier version (once)"
+    );
+    let mut after = 0u64;
+    loop {
+        let txn = db.begin_write()?;
+        let mut last = None;
+        {
+            let events = txn.open_table(EVENTS)?;
+            let mut replay = txn.open_table(REPLAY)?;
+            for item in events.range(after + 1..)?.take(BATCH) {
+                let (k, v) = item?;
+                let seq = k.value();
+                last = Some(seq);
+                if replay.get(seq)?.is_none() {
+                    let ev = ReplayEvent::decode(v.value())
+                        .map_err(|e| StoreError::Corrupt(format!("seq {seq}: {e}")))?;
+                    let row = encode_replay_row(ev.key_id, ev.occurred_at, &ev.event)?;
+                    replay.insert(seq, row.as_slice())?;
+                }
+            }
+        }
+        txn.commit()?;
+        match last {
+            Some(seq) => after = seq,
+            None => return Ok(()),
+        }
+    }
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Envelope, StoreError> {
     serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Corrupt(format!("undecodable event: {e}")))

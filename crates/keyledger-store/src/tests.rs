@@ -2,6 +2,7 @@ use super::*;
 use crate::log::REPLAY_CHUNK;
 use keyledger_core::event::{Deleted, Updated};
 use keyledger_core::{Event, Timestamp};
+use redb::ReadableTable;
 use std::sync::{Arc, Barrier};
 
 fn open(dir: &tempfile::TempDir) -> Log {
@@ -331,19 +332,101 @@ fn replay_stops_at_the_first_error_of_its_callback_and_returns_it() {
     assert_eq!(calls, REPLAY_CHUNK + 5);
 }
 
+/// Replays read the replay rows; a missing one is an error, never a skipped event.
 #[test]
 fn replay_reports_a_gap_in_the_log_instead_of_skipping_it() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(&dir);
     append_renames(&log, 2 * REPLAY_CHUNK as u32 + 10);
     let txn = log.database().unwrap().begin_write().unwrap();
-    txn.open_table(crate::log::EVENTS)
+    txn.open_table(crate::log::REPLAY)
         .unwrap()
         .remove(REPLAY_CHUNK + 3)
         .unwrap();
     txn.commit().unwrap();
     let err = log.replay(0, |_| Ok(())).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+}
+
+/// What every event decodes to from its signed JSON.
+fn replayed_from_json(log: &Log) -> Vec<ReplayEvent> {
+    log.read_raw(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|raw| ReplayEvent::decode(&raw.bytes).unwrap())
+        .collect()
+}
+
+fn replayed(log: &Log) -> Vec<ReplayEvent> {
+    let mut out = Vec::new();
+    log.replay(0, |ev| {
+        out.push(ev);
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn a_log_written_without_replay_rows_gets_them_when_it_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    append_renames(&log, REPLAY_CHUNK as u32 + 10);
+    // As a log written before the `replay` table existed, except for one row.
+    let txn = log.database().unwrap().begin_write().unwrap();
+    let kept = txn
+        .open_table(crate::log::REPLAY)
+        .unwrap()
+        .get(7)
+        .unwrap()
+        .unwrap()
+        .value()
+        .to_vec();
+    txn.delete_table(crate::log::REPLAY).unwrap();
+    txn.open_table(crate::log::REPLAY)
+        .unwrap()
+        .insert(7, kept.as_slice())
+        .unwrap();
+    txn.commit().unwrap();
+    log.close();
+    drop(log);
+
+    let log = open(&dir);
+    assert_eq!(replayed(&log), replayed_from_json(&log));
+    assert_eq!(replayed(&log).len() as u64, REPLAY_CHUNK + 10);
+    let verifier = log.signing_keys().verifier();
+    assert_eq!(
+        audit::verify_log(&log, &verifier, |_| {}),
+        Ok(REPLAY_CHUNK + 10)
+    );
+}
+
+#[test]
+fn replay_rows_hold_what_the_signed_events_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    append_renames(&log, 50);
+    assert_eq!(replayed(&log), replayed_from_json(&log));
+}
+
+#[test]
+fn audit_names_a_replay_row_that_differs_from_its_signed_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(&dir);
+    append_renames(&log, 5);
+    let txn = log.database().unwrap().begin_write().unwrap();
+    {
+        let mut rows = txn.open_table(crate::log::REPLAY).unwrap();
+        let other = rows.get(2).unwrap().unwrap().value().to_vec();
+        rows.insert(4, other.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+    let verifier = log.signing_keys().verifier();
+    let failure = audit::verify_log(&log, &verifier, |_| {}).unwrap_err();
+    assert_eq!(
+        failure.to_string(),
+        "seq 4: the replay row differs from the signed event"
+    );
 }
 
 #[test]

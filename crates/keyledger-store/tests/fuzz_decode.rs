@@ -4,9 +4,9 @@
 
 use keyledger_core::event::{Created, Deleted, Expired, Rotated, RotationEnded, Updated};
 use keyledger_core::{Event, SecretHash, Timestamp, validate};
-use keyledger_store::envelope::{Envelope, envelope_hash};
+use keyledger_store::envelope::{Envelope, encode_replay_row, envelope_hash};
 use keyledger_store::log::decode;
-use keyledger_store::{AppendRequest, Log, NoProjection, SigningKeys, audit};
+use keyledger_store::{AppendRequest, Log, NoProjection, ReplayEvent, SigningKeys, audit};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -247,6 +247,13 @@ proptest! {
     /// serialize → decode gives the same envelope, and the hash is the same whether computed
     /// before storing, from the stored bytes (as the audit does) or from the decoded envelope.
     /// Only `hash` and `signature` are outside it.
+    #[test]
+    fn replay_rows_decode_to_the_event_they_were_written_from(env in envelope()) {
+        let row = encode_replay_row(env.key_id, env.occurred_at, &env.event).unwrap();
+        let back = ReplayEvent::decode_row(env.seq, &row).unwrap();
+        prop_assert_eq!(back, ReplayEvent::from(env));
+    }
+
     #[test]
     fn envelopes_round_trip_with_a_stable_hash(env in envelope()) {
         let bytes = serde_json::to_vec(&env).unwrap();

@@ -169,6 +169,10 @@ impl Dataset {
             eprintln!("  generated in {secs:.1} s");
             std::fs::write(cached.join(MARKER), format!("{keys}\n"))?;
             generated_in = Some(secs);
+        } else {
+            // A cache made by an older binary is brought up to the current log format (replay
+            // rows) here, once, rather than by every run's first open of its copy.
+            drop(open_log(&Config::new(&cached))?);
         }
         std::fs::create_dir_all(work_root)?;
         let work = tempfile::Builder::new()

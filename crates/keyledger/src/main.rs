@@ -344,7 +344,7 @@ fn audit_verify(data: &DataArgs) -> anyhow::Result<()> {
     pb.finish_and_clear();
     match result {
         Ok(n) => {
-            println!("ok: {n} events, chain and signatures verified");
+            println!("ok: {n} events, chain, signatures and replay rows verified");
             Ok(())
         }
         Err(e) => {

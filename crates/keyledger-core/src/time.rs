@@ -40,9 +40,14 @@ impl Timestamp {
 
     /// `YYYY-MM-DDTHH:MM:SS.mmmZ`: fixed width, so the strings sort like the instants.
     pub fn to_rfc3339(self) -> String {
+        self.with_rfc3339(str::to_owned)
+    }
+
+    /// Calls `f` with the RFC 3339 form, without allocating for the years 0000..=9999.
+    fn with_rfc3339<R>(self, f: impl FnOnce(&str) -> R) -> R {
         match self.rfc3339_bytes() {
-            Some(buf) => ascii(&buf).to_owned(),
-            None => self.to_rfc3339_slow(),
+            Some(buf) => f(std::str::from_utf8(&buf).expect("an RFC 3339 buffer is ASCII")),
+            None => f(&self.to_rfc3339_slow()),
         }
     }
 
@@ -124,16 +129,8 @@ pub struct TimestampError;
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.rfc3339_bytes() {
-            Some(buf) => f.write_str(ascii(&buf)),
-            None => f.write_str(&self.to_rfc3339_slow()),
-        }
+        self.with_rfc3339(|s| f.write_str(s))
     }
-}
-
-/// The buffer [`Timestamp::rfc3339_bytes`] wrote: ASCII digits and separators only.
-fn ascii(buf: &[u8; 24]) -> &str {
-    std::str::from_utf8(buf).expect("an RFC 3339 buffer is ASCII")
 }
 
 /// RFC 3339 in human-readable formats (JSON: events, the API); milliseconds since the epoch in
@@ -141,10 +138,7 @@ fn ascii(buf: &[u8; 24]) -> &str {
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            match self.rfc3339_bytes() {
-                Some(buf) => s.serialize_str(ascii(&buf)),
-                None => s.serialize_str(&self.to_rfc3339_slow()),
-            }
+            self.with_rfc3339(|text| s.serialize_str(text))
         } else {
             s.serialize_i64(self.0)
         }

@@ -34,14 +34,18 @@ async fn metrics_expose_http_request_counter() {
     r.assert_absent(&h.admin);
 }
 
+/// The served OpenAPI document, fetched without credentials.
+async fn openapi(h: &Harness) -> serde_json::Value {
+    h.send_auth(Method::GET, "/openapi.json", Auth::None, None)
+        .await
+        .expect(200)
+        .json()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_describes_the_key_api() {
     let h = Harness::start().await;
-    let doc = h
-        .send_auth(Method::GET, "/openapi.json", Auth::None, None)
-        .await
-        .expect(200)
-        .json();
+    let doc = openapi(&h).await;
     assert!(
         doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
         "openapi version: {}",
@@ -62,11 +66,7 @@ async fn openapi_document_describes_the_key_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_declares_rate_limits_put_and_the_enforced_bounds() {
     let h = Harness::start().await;
-    let doc = h
-        .send_auth(Method::GET, "/openapi.json", Auth::None, None)
-        .await
-        .expect(200)
-        .json();
+    let doc = openapi(&h).await;
     let mut authenticated = 0;
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("path item") {

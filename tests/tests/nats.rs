@@ -102,6 +102,21 @@ async fn every_event_reaches_the_stream_once_in_order_with_subject_and_headers()
     assert!(text.contains("keyledger_nats_lag_events 0"), "{text}");
 }
 
+/// Exactly-once rests on `Nats-Expected-Last-Sequence`; the shorter window only spares the
+/// server memory (it holds every message id of the window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_keyledger_creates_keeps_message_ids_for_thirty_seconds() {
+    let nats = NatsServer::start();
+    let h = harness_with(&nats).await;
+    h.create_key(json!({ "name": "a" })).await;
+    published(&h).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut stream = js.get_stream("KEYLEDGER").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(30));
+    assert_eq!(info.config.subjects, vec!["keyledger.keys.>".to_string()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_succeed_while_nats_is_down_and_every_event_arrives_once_after_it_returns() {
     let mut nats = NatsServer::start();

@@ -1,14 +1,14 @@
-//! The NATS scenarios, against a real `nats-server` started for the run (its own free loopback
+//! The NATS scenarios, each against a fresh `nats-server` started for it (its own free loopback
 //! port and store dir on the measured disk, `-js`, stopped by its PID):
 //!
-//! - **Ceiling:** raw JetStream publishes of the data set's own messages (same subjects,
-//!   payloads and header set, the same window of 1,024 unacknowledged publishes) with nothing
-//!   of keyledger in the loop.
 //! - **Publish rate:** the real publisher ([`keyledger_nats::spawn_publisher`]) draining the
 //!   data set's log, which it has never published: events acknowledged per second.
+//! - **Ceiling:** raw JetStream publishes of as many messages, the data set's own (same
+//!   subjects, payloads and header set, a stream configured as keyledger's, the same window of
+//!   1,024 unacknowledged publishes) with nothing of keyledger in the loop.
 //! - **Commit→ack lag:** a fresh service taking creates at a fixed rate (in-process, so the
-//!   HTTP stack does not compete), each event's lag from its commit (the writer's broadcast)
-//!   to the stream's acknowledgement (the outbox's ack hook).
+//!   HTTP stack does not compete) on a fresh `nats-server`, each event's lag from its commit
+//!   (the writer's broadcast) to the stream's acknowledgement (the outbox's ack hook).
 
 use crate::stats::Latency;
 use anyhow::Context;
@@ -41,22 +41,28 @@ const WINDOW: usize = 1024;
 pub const LAG_RATE: u64 = 5_000;
 
 pub fn run(data_dir: &Path, work_dir: &Path, duration: Duration) -> anyhow::Result<Outcome> {
-    let nats = NatsServer::start_in(work_dir).context("starting nats-server (is it on PATH?)")?;
-    let url = nats.url();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // Each scenario gets a nats-server of its own: a server slows down as its store and its
+    // de-duplication map grow, so sharing one would handicap whichever scenario runs later.
+    let fresh = || NatsServer::start_in(work_dir).context("starting nats-server (is it on PATH?)");
     let service = Service::open(Config::new(data_dir))?;
-    eprintln!("NATS: raw JetStream publishes ...");
-    let raw_rate = rt.block_on(raw_publish(&url, &service, duration))?;
     eprintln!("NATS: the publisher draining the log ...");
-    let (publish_rate, published) = rt.block_on(drain(&url, &service, duration))?;
+    let nats = fresh()?;
+    let (publish_rate, published) = rt.block_on(drain(&nats.url(), &service, duration))?;
+    drop(nats);
+    eprintln!("NATS: raw JetStream publishes of as many messages ...");
+    let nats = fresh()?;
+    let raw_rate = rt.block_on(raw_publish(&nats.url(), &service, published))?;
+    drop(nats);
     service.shutdown();
     drop(service);
     eprintln!("NATS: commit→ack lag at {LAG_RATE} events/s ...");
-    let fresh = tempfile::tempdir_in(work_dir)?;
-    let (lag, lag_rate, lag_missing) = rt.block_on(lag(&url, fresh.path(), duration))?;
+    let nats = fresh()?;
+    let dir = tempfile::tempdir_in(work_dir)?;
+    let (lag, lag_rate, lag_missing) = rt.block_on(lag(&nats.url(), dir.path(), duration))?;
     Ok(Outcome {
         raw_rate,
         publish_rate,
@@ -67,13 +73,14 @@ pub fn run(data_dir: &Path, work_dir: &Path, duration: Duration) -> anyhow::Resu
     })
 }
 
-async fn raw_publish(url: &str, service: &Service, duration: Duration) -> anyhow::Result<f64> {
+/// Publishes `count` of the data set's messages (cycling through its first events) into a
+/// stream configured as keyledger's, in windows as the publisher does; returns messages/s.
+async fn raw_publish(url: &str, service: &Service, count: u64) -> anyhow::Result<f64> {
     let js = jetstream::new(async_nats::connect(url).await?);
     js.get_or_create_stream(stream::Config {
         name: "BENCH".into(),
         subjects: vec!["bench.>".into()],
-        storage: stream::StorageType::File,
-        ..Default::default()
+        ..keyledger_nats::stream_config()
     })
     .await?;
     let messages: Vec<(String, bytes::Bytes, String, String, String)> = service
@@ -93,9 +100,9 @@ async fn raw_publish(url: &str, service: &Service, duration: Duration) -> anyhow
     anyhow::ensure!(!messages.is_empty(), "the data set has no events");
     let (mut sent, mut last) = (0u64, 0u64);
     let t = Instant::now();
-    while t.elapsed() < duration {
+    while sent < count {
         let mut acks = Vec::with_capacity(WINDOW);
-        for _ in 0..WINDOW {
+        for _ in 0..WINDOW.min((count - sent) as usize) {
             let (subject, payload, seq, hash, signature) =
                 &messages[sent as usize % messages.len()];
             let mut h = HeaderMap::new();
@@ -148,9 +155,6 @@ type Stamps = Arc<parking_lot::Mutex<HashMap<u64, Instant>>>;
 /// Creates keys at [`LAG_RATE`] on a fresh service for `duration`, publishing into a fresh
 /// stream; returns the commit→ack lags, the achieved rate and how many events had no lag.
 async fn lag(url: &str, dir: &Path, duration: Duration) -> anyhow::Result<(Latency, f64, u64)> {
-    // The stream holds the drained data set; a fresh log must publish into a fresh stream.
-    let js = jetstream::new(async_nats::connect(url).await?);
-    let _ = js.delete_stream(keyledger_nats::STREAM).await;
     let service = Service::open(Config::new(dir))?;
     let acked: Stamps = Arc::default();
     let sink = acked.clone();

@@ -95,6 +95,9 @@ fn decode(c: &mut Criterion) {
     g.bench_function("Envelope from JSON", |b| {
         b.iter(|| keyledger_store::log::decode(black_box(&bytes)).unwrap())
     });
+    g.bench_function("RawEvent (what the publisher reads)", |b| {
+        b.iter(|| keyledger_store::RawEvent::from_stored(black_box(&bytes)).unwrap())
+    });
     g.finish();
 }
 

@@ -11,7 +11,7 @@ run:
 test:
     cargo test --workspace
 
-# What CI runs: fmt, clippy, tests.
+# What CI runs (.ci/run): fmt, clippy, schemathesis against a running server, tests.
 ci:
     bash .ci/run
 

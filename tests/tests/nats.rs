@@ -102,10 +102,10 @@ async fn every_event_reaches_the_stream_once_in_order_with_subject_and_headers()
     assert!(text.contains("keyledger_nats_lag_events 0"), "{text}");
 }
 
-/// Exactly-once rests on `Nats-Expected-Last-Sequence`; the shorter window only spares the
-/// server memory (it holds every message id of the window).
+/// The shorter window only spares the server memory (it holds every message id of the window);
+/// exactly-once does not depend on it (see the crash tests below).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stream_keyledger_creates_keeps_message_ids_for_thirty_seconds() {
+async fn the_stream_keyledger_creates_keeps_message_ids_for_thirty_seconds_on_its_subjects() {
     let nats = NatsServer::start();
     let h = harness_with(&nats).await;
     h.create_key(json!({ "name": "a" })).await;
@@ -186,7 +186,31 @@ async fn nats_down_from_the_start_is_caught_up_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_publish_and_cursor_write_leaves_no_duplicate() {
     let nats = NatsServer::start();
-    let mut h = harness_with(&nats).await;
+    crash_between_publish_and_cursor_write(&nats, Duration::ZERO).await;
+}
+
+/// The same, on a stream whose de-duplication window has passed by the restart: exactly-once
+/// rests on the resume point and `Nats-Expected-Last-Sequence`, not on the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_duplicate_after_a_crash_even_once_the_deduplication_window_has_passed() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "KEYLEDGER".into(),
+        subjects: vec!["keyledger.keys.>".into()],
+        duplicate_window: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    crash_between_publish_and_cursor_write(&nats, Duration::from_secs(1)).await;
+}
+
+/// Publishes 11 events, stops keyledger, rewinds its cursor to 3 (what a crash before the
+/// cursor write leaves), waits `down`, restarts, publishes one more: the stream must hold the
+/// 12 events once each, in order.
+async fn crash_between_publish_and_cursor_write(nats: &NatsServer, down: Duration) {
+    let mut h = harness_with(nats).await;
     for i in 0..10 {
         h.create_key(json!({ "name": format!("k{i}") })).await;
     }
@@ -197,11 +221,16 @@ async fn a_crash_between_publish_and_cursor_write_leaves_no_duplicate() {
     assert_eq!(log.cursor(NATS_CURSOR).unwrap(), 11);
     log.set_cursor(NATS_CURSOR, 3).unwrap();
     drop(log);
+    tokio::time::sleep(down).await;
     h.restart().await;
     h.create_key(json!({ "name": "after" })).await;
     published(&h).await;
     let messages = read_stream(&nats.url(), 12, Duration::from_secs(10)).await;
     assert_stream_is_the_log(&messages, 12);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut stream = js.get_stream("KEYLEDGER").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.state.messages, 12, "nothing was published twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,9 +3,10 @@
 //!
 //! - **Publish rate:** the real publisher ([`keyledger_nats::spawn_publisher`]) draining the
 //!   data set's log, which it has never published: events acknowledged per second.
-//! - **Ceiling:** raw JetStream publishes of as many messages, the data set's own (same
-//!   subjects, payloads and header set, a stream configured as keyledger's, the same window of
-//!   1,024 unacknowledged publishes) with nothing of keyledger in the loop.
+//! - **Ceiling:** raw JetStream publishes of as many messages, cycling through the data set's
+//!   first 4,096 events (same subjects, payloads and header set, a stream configured as
+//!   keyledger's, the same window of 1,024 unacknowledged publishes), with nothing of
+//!   keyledger in the loop. Both are timed from before they connect.
 //! - **Commit→ack lag:** a fresh service taking creates at a fixed rate (in-process, so the
 //!   HTTP stack does not compete) on a fresh `nats-server`, each event's lag from its commit
 //!   (the writer's broadcast) to the stream's acknowledgement (the outbox's ack hook).
@@ -76,6 +77,10 @@ pub fn run(data_dir: &Path, work_dir: &Path, duration: Duration) -> anyhow::Resu
 /// Publishes `count` of the data set's messages (cycling through its first events) into a
 /// stream configured as keyledger's, in windows as the publisher does; returns messages/s.
 async fn raw_publish(url: &str, service: &Service, count: u64) -> anyhow::Result<f64> {
+    // The messages are built before the clock starts; connecting and creating the stream count,
+    // as they do for the publisher.
+    let messages = sample_messages(service)?;
+    let t = Instant::now();
     let js = jetstream::new(async_nats::connect(url).await?);
     js.get_or_create_stream(stream::Config {
         name: "BENCH".into(),
@@ -83,23 +88,7 @@ async fn raw_publish(url: &str, service: &Service, count: u64) -> anyhow::Result
         ..keyledger_nats::stream_config()
     })
     .await?;
-    let messages: Vec<(String, bytes::Bytes, String, String, String)> = service
-        .log()
-        .read(0, 4 * WINDOW)?
-        .iter()
-        .map(|e| {
-            (
-                format!("bench.{}", e.subject()),
-                serde_json::to_vec(e).expect("envelope JSON").into(),
-                e.seq.to_string(),
-                e.hash.clone(),
-                e.signature.clone(),
-            )
-        })
-        .collect();
-    anyhow::ensure!(!messages.is_empty(), "the data set has no events");
     let (mut sent, mut last) = (0u64, 0u64);
-    let t = Instant::now();
     while sent < count {
         let mut acks = Vec::with_capacity(WINDOW);
         for _ in 0..WINDOW.min((count - sent) as usize) {
@@ -125,6 +114,28 @@ async fn raw_publish(url: &str, service: &Service, count: u64) -> anyhow::Result
         }
     }
     Ok(sent as f64 / t.elapsed().as_secs_f64())
+}
+
+type Message = (String, bytes::Bytes, String, String, String);
+
+/// The data set's first events as raw publishes: subject, payload, seq, hash, signature.
+fn sample_messages(service: &Service) -> anyhow::Result<Vec<Message>> {
+    let messages: Vec<Message> = service
+        .log()
+        .read(0, 4 * WINDOW)?
+        .iter()
+        .map(|e| {
+            (
+                format!("bench.{}", e.subject()),
+                serde_json::to_vec(e).expect("envelope JSON").into(),
+                e.seq.to_string(),
+                e.hash.clone(),
+                e.signature.clone(),
+            )
+        })
+        .collect();
+    anyhow::ensure!(!messages.is_empty(), "the data set has no events");
+    Ok(messages)
 }
 
 /// Runs the real publisher on the data set's log (never published before) for up to

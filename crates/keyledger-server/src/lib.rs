@@ -37,8 +37,9 @@ use utoipa::OpenApi;
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// The server's state, as every handler and extractor receives it: one `Arc`, so that handing
-/// it to a request is one reference count, not one per member (three times per request).
+/// The server's state, as every handler and extractor receives it. A request clones it three
+/// times (metrics middleware, `Auth`, handler); as one `Arc`, each clone is one shared count,
+/// not one per member.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
@@ -49,6 +50,7 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// What [`AppState`] shares: the service, metrics, limits and settings of a running server.
 pub struct Shared {
     pub service: Service,
     pub metrics: Arc<metrics::Metrics>,

@@ -3,8 +3,9 @@
 //! - `envelope_seal`: what the writer does per event inside the commit — JSON value, RFC 8785
 //!   canonical bytes and SHA-256 (`envelope_hash`), the ed25519 signature, and the stored JSON —
 //!   against SHA-256 of the same canonical bytes alone.
-//! - `envelope_decode`: `serde_json` decoding of a stored envelope (replay's per-event cost),
-//!   against a parse of the same bytes that builds nothing (`IgnoredAny`).
+//! - `envelope_decode`: `serde_json` decoding of a stored envelope (an audit's and a read's
+//!   per-event cost) and of the members the NATS publisher reads (`RawEvent`), against a parse
+//!   of the same bytes that builds nothing (`IgnoredAny`).
 //!
 //! Run with `cargo bench -p keyledger-store` (or `just bench`).
 

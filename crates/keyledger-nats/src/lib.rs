@@ -68,7 +68,8 @@ fn err<E: std::fmt::Display>(f: fn(String) -> NatsError) -> impl Fn(E) -> NatsEr
 
 /// How long the stream keeps message ids for de-duplication. Exactly-once rests on
 /// `Nats-Expected-Last-Sequence`, not on this window; the server holds every id of the window in
-/// memory (~100 B each: ~600 MB at 50,000 events/s over JetStream's default 2 minutes).
+/// memory (measured: ~190 B of its RSS per id, ~1.1 GB at 50,000 events/s over JetStream's
+/// default 2 minutes).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(30);
 
 /// The stream configuration keyledger creates when the stream is missing.

@@ -171,10 +171,7 @@ async fn session(
         .map_err(err(NatsError::Stream))?;
     let stored = log.cursor(CURSOR).map_err(err(NatsError::Log))?;
     let (mut published, mut stream_last) = resume_point(&mut stream, stored).await?;
-    let mut cursor = Cursor {
-        at: stored,
-        written: Instant::now(),
-    };
+    let mut cursor = Cursor::new(stored);
     cursor.record(&log, published, true).await?;
     status.set_connected(true);
     status.set_published(published);
@@ -252,29 +249,55 @@ const CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// The `nats` cursor as last written to the log. It only matters when the stream was emptied
 /// (the resume point is read from the stream itself), so it is written at most once every
 /// [`CURSOR_EVERY`] and at the end of a session, not per window: each write is a durable commit
-/// that would compete with the command writer.
+/// that would compete with the command writer. While publishing, the write runs beside the
+/// loop (one at a time), so a slow commit never holds events back.
 struct Cursor {
     at: u64,
     written: Instant,
+    pending: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
 }
 
 impl Cursor {
-    /// Writes `published` if it moved, when due or when `now`.
+    fn new(at: u64) -> Self {
+        Self {
+            at,
+            written: Instant::now(),
+            pending: None,
+        }
+    }
+
+    /// Writes `published` if it moved: when `now`, before returning; otherwise in the
+    /// background when due and no earlier write is still running. A failed background write
+    /// surfaces at the next call.
     async fn record(&mut self, log: &Log, published: u64, now: bool) -> Result<(), NatsError> {
-        if published == self.at || !(now || self.written.elapsed() >= CURSOR_EVERY) {
+        if let Some(write) = self.pending.take_if(|w| now || w.is_finished()) {
+            finished(write).await?;
+        }
+        if self.pending.is_some()
+            || published == self.at
+            || !(now || self.written.elapsed() >= CURSOR_EVERY)
+        {
             return Ok(());
         }
         let l = log.clone();
-        tokio::task::spawn_blocking(move || l.set_cursor(CURSOR, published))
-            .await
-            .map_err(err(NatsError::Log))?
-            .map_err(err(NatsError::Log))?;
-        *self = Self {
-            at: published,
-            written: Instant::now(),
-        };
-        Ok(())
+        let write = tokio::task::spawn_blocking(move || l.set_cursor(CURSOR, published));
+        self.at = published;
+        self.written = Instant::now();
+        if now {
+            finished(write).await
+        } else {
+            self.pending = Some(write);
+            Ok(())
+        }
     }
+}
+
+/// Waits for a cursor write and passes on its error.
+async fn finished(write: tokio::task::JoinHandle<Result<(), StoreError>>) -> Result<(), NatsError> {
+    write
+        .await
+        .map_err(err(NatsError::Log))?
+        .map_err(err(NatsError::Log))
 }
 
 /// `Nats-Msg-Id`, `Keyledger-Seq`, `Keyledger-Hash`, `Keyledger-Signature`, and the stream

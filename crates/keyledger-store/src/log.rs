@@ -855,7 +855,6 @@ fn stream_in(txn: &ReadTransaction, key_id: Uuid) -> Result<Vec<Envelope>, Store
     Ok(out)
 }
 
-/// Decodes a stored envelope.
 /// Writes the replay row of every event that has none: all of them in a log written before
 /// the `replay` table existed (once, at the first open after the upgrade; ~5 µs per event),
 /// none otherwise. Counts decide whether to look, so an up-to-date log costs two lookups.
@@ -903,6 +902,7 @@ fn fill_replay_rows(db: &Database) -> Result<(), StoreError> {
     }
 }
 
+/// Decodes a stored envelope.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, StoreError> {
     serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Corrupt(format!("undecodable event: {e}")))

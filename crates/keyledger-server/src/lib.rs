@@ -56,10 +56,10 @@ pub struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     pub allow_query_key: bool,
     /// Peers whose `X-Forwarded-For` names the client (see [`extract::client_ip`]).
-    pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Becomes `true` when the server shuts down: ends the live event streams.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    pub limits: Arc<RateLimits>,
+    pub limits: RateLimits,
 }
 
 /// The rate limiters of a running server.
@@ -234,7 +234,7 @@ pub fn router(
             .map(keyledger_core::model::canonical_net)
             .collect(),
         shutdown,
-        limits: Arc::new(limits),
+        limits,
     }));
     let request_timeout = config.request_timeout;
     Router::new()

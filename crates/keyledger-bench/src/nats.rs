@@ -118,19 +118,20 @@ async fn raw_publish(url: &str, service: &Service, count: u64) -> anyhow::Result
 
 type Message = (String, bytes::Bytes, String, String, String);
 
-/// The data set's first events as raw publishes: subject, payload, seq, hash, signature.
+/// The data set's first events as raw publishes (subject, payload, seq, hash, signature), read
+/// as the publisher reads them ([`keyledger_store::Log::read_raw`]): the stored bytes as payload.
 fn sample_messages(service: &Service) -> anyhow::Result<Vec<Message>> {
     let messages: Vec<Message> = service
         .log()
-        .read(0, 4 * WINDOW)?
-        .iter()
+        .read_raw(0, 4 * WINDOW)?
+        .into_iter()
         .map(|e| {
             (
-                format!("bench.{}", e.subject()),
-                serde_json::to_vec(e).expect("envelope JSON").into(),
+                format!("bench.{}", e.subject),
+                e.bytes.into(),
                 e.seq.to_string(),
-                e.hash.clone(),
-                e.signature.clone(),
+                e.hash,
+                e.signature,
             )
         })
         .collect();

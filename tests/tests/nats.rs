@@ -49,6 +49,13 @@ fn assert_stream_is_the_log(messages: &[StreamMessage], head: u64) {
 
 use keyledger_e2e::nats::StreamMessage;
 
+/// The `KEYLEDGER` stream's configuration and state, as the server reports them.
+async fn stream_info(nats: &NatsServer) -> async_nats::jetstream::stream::Info {
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js.get_stream("KEYLEDGER").await.unwrap();
+    stream.get_info().await.unwrap()
+}
+
 /// The log cursor of the NATS publisher (keyledger_nats::CURSOR).
 const NATS_CURSOR: &str = "nats";
 
@@ -110,9 +117,7 @@ async fn the_stream_keyledger_creates_keeps_message_ids_for_thirty_seconds_on_it
     let h = harness_with(&nats).await;
     h.create_key(json!({ "name": "a" })).await;
     published(&h).await;
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let mut stream = js.get_stream("KEYLEDGER").await.unwrap();
-    let info = stream.info().await.unwrap();
+    let info = stream_info(&nats).await;
     assert_eq!(info.config.duplicate_window, Duration::from_secs(30));
     assert_eq!(info.config.subjects, vec!["keyledger.keys.>".to_string()]);
 }
@@ -227,9 +232,7 @@ async fn crash_between_publish_and_cursor_write(nats: &NatsServer, down: Duratio
     published(&h).await;
     let messages = read_stream(&nats.url(), 12, Duration::from_secs(10)).await;
     assert_stream_is_the_log(&messages, 12);
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let mut stream = js.get_stream("KEYLEDGER").await.unwrap();
-    let info = stream.info().await.unwrap();
+    let info = stream_info(nats).await;
     assert_eq!(info.state.messages, 12, "nothing was published twice");
 }
 

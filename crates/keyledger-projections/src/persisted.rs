@@ -3,7 +3,7 @@
 //! applied seq) in the same transaction. It can therefore never disagree with the log.
 
 use crate::ProjectionError;
-use keyledger_core::{KeyState, evolve, evolve_owned};
+use keyledger_core::{KeyState, evolve, evolve_in_place, evolve_owned};
 use keyledger_store::{Envelope, Log, Projector, StoreError};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
@@ -54,7 +54,14 @@ impl Projector for KeyTableProjector {
 /// size; start-up, which decodes every state, got 1.4–2.2× faster with it. The log's JSON
 /// stays the signed source of truth; this table can always be rebuilt from it.
 fn encode_state(state: &KeyState) -> Result<Vec<u8>, StoreError> {
-    rmp_serde::to_vec(state).map_err(|e| StoreError::Encode(format!("key table: {e}")))
+    let mut out = Vec::new();
+    encode_state_into(&mut out, state)?;
+    Ok(out)
+}
+
+/// [`encode_state`], appended to `out`.
+fn encode_state_into(out: &mut Vec<u8>, state: &KeyState) -> Result<(), StoreError> {
+    rmp_serde::encode::write(out, state).map_err(|e| StoreError::Encode(format!("key table: {e}")))
 }
 
 fn decode_state(bytes: &[u8]) -> Result<KeyState, StoreError> {
@@ -126,27 +133,26 @@ fn rebuild_all(
     head: u64,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, ProjectionError> {
+    use std::collections::hash_map::Entry;
     // States live in a Vec and the map holds only their index: growing the map and sorting by id
-    // then move 20-byte pairs, not whole states.
+    // then move 20-byte pairs, not whole states. Each event is applied where its state lies.
     // Sized up front: growing them by doubling cost ~10 % of a 1M-key rebuild (copies, and the
     // kernel zeroing each fresh allocation).
     let keys = usize::try_from(log.stream_count()?).unwrap_or(0);
     let mut slots: std::collections::HashMap<Uuid, usize> =
         std::collections::HashMap::with_capacity(keys);
-    let mut states: Vec<Option<KeyState>> = Vec::with_capacity(keys);
+    let mut states: Vec<KeyState> = Vec::with_capacity(keys);
     let mut applied = 0u64;
     let last = log.replay(0, |ev| {
-        let i = *slots.entry(ev.key_id).or_insert_with(|| {
-            states.push(None);
-            states.len() - 1
-        });
-        let state = &mut states[i];
-        *state = Some(evolve_owned(
-            state.take(),
-            ev.key_id,
-            ev.occurred_at,
-            ev.event,
-        ));
+        match slots.entry(ev.key_id) {
+            Entry::Occupied(slot) => {
+                evolve_in_place(&mut states[*slot.get()], ev.occurred_at, ev.event)
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(states.len());
+                states.push(evolve_owned(None, ev.key_id, ev.occurred_at, ev.event));
+            }
+        }
         applied += 1;
         if applied.is_multiple_of(65_536) {
             progress(applied, head);
@@ -157,19 +163,59 @@ fn rebuild_all(
     ordered.sort_unstable_by_key(|(id, _)| *id);
     let txn = log.database()?.begin_write().map_err(storage)?;
     txn.delete_table(KEYS).map_err(storage)?;
-    {
-        let mut table = txn.open_table(KEYS).map_err(storage)?;
-        for (id, i) in &ordered {
-            let state = states[*i].as_ref().expect("every slot holds a state");
-            table
-                .insert(id.as_u128(), encode_state(state)?.as_slice())
-                .map_err(storage)?;
-        }
-    }
+    write_in_order(&txn, &states, &ordered)?;
     KeyTableProjector.finish(&txn, last)?;
     txn.commit().map_err(storage)?;
     progress(applied, head);
     Ok(applied)
+}
+
+/// States per message from [`write_in_order`]'s encoding thread.
+const ENCODE_CHUNK: usize = 4096;
+
+/// Writes `states` into the key table in `ordered`'s order. A second thread encodes while this
+/// one inserts: redb takes one writer, so encoding would otherwise leave a core idle.
+fn write_in_order(
+    txn: &WriteTransaction,
+    states: &[KeyState],
+    ordered: &[(Uuid, usize)],
+) -> Result<(), StoreError> {
+    /// One chunk's states, encoded back to back, with each one's end.
+    type Encoded = Result<(Vec<u8>, Vec<usize>), StoreError>;
+    let mut table = txn.open_table(KEYS).map_err(storage)?;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Encoded>(4);
+        scope.spawn(move || {
+            for chunk in ordered.chunks(ENCODE_CHUNK) {
+                let mut buf = Vec::with_capacity(chunk.len() * 192);
+                let mut ends = Vec::with_capacity(chunk.len());
+                let encoded = chunk
+                    .iter()
+                    .try_for_each(|(_, i)| {
+                        encode_state_into(&mut buf, &states[*i])?;
+                        ends.push(buf.len());
+                        Ok(())
+                    })
+                    .map(|()| (buf, ends));
+                let failed = encoded.is_err();
+                // A closed channel means the inserting side stopped (an error): stop too.
+                if tx.send(encoded).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for (chunk, encoded) in ordered.chunks(ENCODE_CHUNK).zip(rx) {
+            let (buf, ends) = encoded?;
+            let mut start = 0;
+            for ((id, _), end) in chunk.iter().zip(ends) {
+                table
+                    .insert(id.as_u128(), &buf[start..end])
+                    .map_err(storage)?;
+                start = end;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Number of keys in the persisted table (to size the in-memory model before loading it).
@@ -314,6 +360,81 @@ mod tests {
             bytes.len(),
             json.len()
         );
+    }
+
+    /// Every row of the key table, in key order.
+    fn key_table(log: &Log) -> Vec<(u128, Vec<u8>)> {
+        let txn = log.database().unwrap().begin_read().unwrap();
+        let table = txn.open_table(KEYS).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.value(), v.value().to_vec())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rebuild_over_several_encoding_chunks_writes_the_table_the_appends_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = SigningKeys::ephemeral([4; 32], Timestamp(0));
+        let log = Log::open(&dir.path().join("log.redb"), keys).unwrap();
+        let base = full_state();
+        let n = 2 * ENCODE_CHUNK + 3;
+        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        let request = |id: Uuid, version: u64, event: keyledger_core::Event| AppendRequest {
+            key_id: id,
+            account: base.account.clone(),
+            expected_version: version,
+            actor: "cli".into(),
+            occurred_at: Timestamp(1_800_000_000_000 + version as i64),
+            events: vec![(Uuid::now_v7(), event)],
+            idempotency: None,
+        };
+        let created = |i: usize| {
+            keyledger_core::Event::Created(keyledger_core::event::Created {
+                account: base.account.clone(),
+                name: format!("key {i}"),
+                owner: base.owner.clone(),
+                role: None,
+                scopes: base.scopes.clone(),
+                allowed_ips: base.allowed_ips.clone(),
+                enabled: true,
+                expires_at: None,
+                metadata: base.metadata.clone(),
+                prefix: base.prefix.clone(),
+                hint: base.hint.clone(),
+                secret_hash: SecretHash([(i % 251) as u8; 32]),
+            })
+        };
+        let creates: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| request(*id, 0, created(i)))
+            .collect();
+        log.append_batch(&creates, &mut KeyTableProjector).unwrap();
+        // Every third key changes again, so that the fold applies events to existing states.
+        let updates: Vec<_> = ids
+            .iter()
+            .step_by(3)
+            .map(|id| {
+                let update = keyledger_core::event::Updated {
+                    name: Some(format!("renamed {id}")),
+                    enabled: Some(false),
+                    ..Default::default()
+                };
+                request(*id, 1, keyledger_core::Event::Updated(update))
+            })
+            .collect();
+        log.append_batch(&updates, &mut KeyTableProjector).unwrap();
+        let appended = key_table(&log);
+        assert_eq!(appended.len(), n);
+
+        let applied = catch_up(&log, true, |_, _| {}).unwrap();
+        assert_eq!(applied as usize, n + updates.len());
+        assert_eq!(key_table(&log), appended);
     }
 
     #[test]

@@ -376,43 +376,69 @@ mod tests {
             .collect()
     }
 
+    /// A log in `dir`, signed with a key made from `seed`.
+    fn open_log(dir: &tempfile::TempDir, seed: u8) -> Log {
+        let keys = SigningKeys::ephemeral([seed; 32], Timestamp(0));
+        Log::open(&dir.path().join("log.redb"), keys).unwrap()
+    }
+
+    /// The `key.created` whose fold starts `state` (enabled).
+    fn created_from(state: &KeyState) -> keyledger_core::Event {
+        keyledger_core::Event::Created(keyledger_core::event::Created {
+            account: state.account.clone(),
+            name: state.name.clone(),
+            owner: state.owner.clone(),
+            role: None,
+            scopes: state.scopes.clone(),
+            allowed_ips: state.allowed_ips.clone(),
+            enabled: true,
+            expires_at: state.expires_at,
+            metadata: state.metadata.clone(),
+            prefix: state.prefix.clone(),
+            hint: state.hint.clone(),
+            secret_hash: state.secret_hash,
+        })
+    }
+
+    /// One event for `key_id`'s stream at `version`, by the CLI.
+    fn request(
+        key_id: Uuid,
+        account: &str,
+        version: u64,
+        at: Timestamp,
+        event: keyledger_core::Event,
+    ) -> AppendRequest {
+        AppendRequest {
+            key_id,
+            account: account.into(),
+            expected_version: version,
+            actor: "cli".into(),
+            occurred_at: at,
+            events: vec![(Uuid::now_v7(), event)],
+            idempotency: None,
+        }
+    }
+
     #[test]
     fn a_rebuild_over_several_encoding_chunks_writes_the_table_the_appends_wrote() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = SigningKeys::ephemeral([4; 32], Timestamp(0));
-        let log = Log::open(&dir.path().join("log.redb"), keys).unwrap();
+        let log = open_log(&dir, 4);
         let base = full_state();
         let n = 2 * ENCODE_CHUNK + 3;
         let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
-        let request = |id: Uuid, version: u64, event: keyledger_core::Event| AppendRequest {
-            key_id: id,
-            account: base.account.clone(),
-            expected_version: version,
-            actor: "cli".into(),
-            occurred_at: Timestamp(1_800_000_000_000 + version as i64),
-            events: vec![(Uuid::now_v7(), event)],
-            idempotency: None,
-        };
-        let created = |i: usize| {
-            keyledger_core::Event::Created(keyledger_core::event::Created {
-                account: base.account.clone(),
-                name: format!("key {i}"),
-                owner: base.owner.clone(),
-                role: None,
-                scopes: base.scopes.clone(),
-                allowed_ips: base.allowed_ips.clone(),
-                enabled: true,
-                expires_at: None,
-                metadata: base.metadata.clone(),
-                prefix: base.prefix.clone(),
-                hint: base.hint.clone(),
-                secret_hash: SecretHash([(i % 251) as u8; 32]),
-            })
-        };
+        let at = |version: u64| Timestamp(1_800_000_000_000 + version as i64);
         let creates: Vec<_> = ids
             .iter()
             .enumerate()
-            .map(|(i, id)| request(*id, 0, created(i)))
+            .map(|(i, id)| {
+                let state = KeyState {
+                    name: format!("key {i}"),
+                    expires_at: None,
+                    secret_hash: SecretHash([(i % 251) as u8; 32]),
+                    ..base.clone()
+                };
+                request(*id, &base.account, 0, at(0), created_from(&state))
+            })
             .collect();
         log.append_batch(&creates, &mut KeyTableProjector).unwrap();
         // Every third key changes again, so that the fold applies events to existing states.
@@ -425,7 +451,8 @@ mod tests {
                     enabled: Some(false),
                     ..Default::default()
                 };
-                request(*id, 1, keyledger_core::Event::Updated(update))
+                let update = keyledger_core::Event::Updated(update);
+                request(*id, &base.account, 1, at(1), update)
             })
             .collect();
         log.append_batch(&updates, &mut KeyTableProjector).unwrap();
@@ -440,32 +467,15 @@ mod tests {
     #[test]
     fn a_key_table_of_an_older_format_is_rebuilt_from_the_log_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = SigningKeys::ephemeral([3; 32], Timestamp(0));
-        let log = Log::open(&dir.path().join("log.redb"), keys).unwrap();
+        let log = open_log(&dir, 3);
         let state = full_state();
-        let created = keyledger_core::Event::Created(keyledger_core::event::Created {
-            account: state.account.clone(),
-            name: state.name.clone(),
-            owner: state.owner.clone(),
-            role: None,
-            scopes: state.scopes.clone(),
-            allowed_ips: state.allowed_ips.clone(),
-            enabled: true,
-            expires_at: state.expires_at,
-            metadata: state.metadata.clone(),
-            prefix: state.prefix.clone(),
-            hint: state.hint.clone(),
-            secret_hash: state.secret_hash,
-        });
-        let request = AppendRequest {
-            key_id: state.id,
-            account: state.account.clone(),
-            expected_version: 0,
-            actor: "cli".into(),
-            occurred_at: state.created_at,
-            events: vec![(uuid::Uuid::now_v7(), created)],
-            idempotency: None,
-        };
+        let request = request(
+            state.id,
+            &state.account,
+            0,
+            state.created_at,
+            created_from(&state),
+        );
         log.append(request, &mut KeyTableProjector)
             .unwrap()
             .unwrap();

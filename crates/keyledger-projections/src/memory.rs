@@ -46,7 +46,11 @@ impl KeyEntry {
     /// Records a use at `ms` (monotonic: an older stamp never overwrites a newer one).
     /// Returns `true` when the entry became dirty, i.e. must be queued for the next flush.
     fn touch(&self, ms: i64) -> bool {
-        self.last_used.fetch_max(ms, Ordering::Relaxed) < ms
+        // Plain loads first: most uses land in a millisecond already stamped, and a gateway's
+        // verifications should not all pay for a locked read-modify-write on a shared line.
+        self.last_used.load(Ordering::Relaxed) < ms
+            && self.last_used.fetch_max(ms, Ordering::Relaxed) < ms
+            && !self.dirty.load(Ordering::Relaxed)
             && !self.dirty.swap(true, Ordering::Relaxed)
     }
 }
@@ -327,5 +331,59 @@ impl ReadModel {
         let mut v: Vec<KeyState> = self.entries.iter().map(|e| e.state.clone()).collect();
         v.sort_by_key(|s| s.id);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyledger_core::Timestamp;
+
+    fn state(n: u8) -> KeyState {
+        KeyState {
+            id: Uuid::from_u128(u128::from(n)),
+            account: "acct".into(),
+            name: format!("key {n}"),
+            owner: None,
+            role: None,
+            scopes: vec![],
+            allowed_ips: vec![],
+            enabled: true,
+            expires_at: None,
+            metadata: Default::default(),
+            prefix: "kl".into(),
+            hint: "kl_x".into(),
+            secret_hash: SecretHash([n; 32]),
+            previous: None,
+            created_at: Timestamp(1),
+            updated_at: Timestamp(1),
+            rotated_at: None,
+            deleted_at: None,
+            expired: false,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn a_use_is_queued_once_per_flush_and_stamps_never_go_back() {
+        let mut model = ReadModel::default();
+        model.load(state(1), None);
+        let entry = model.get(&Uuid::from_u128(1)).unwrap().clone();
+
+        model.touch(&entry, 10);
+        model.touch(&entry, 20);
+        model.touch(&entry, 20);
+        model.touch(&entry, 5);
+        assert_eq!(model.take_dirty_last_used(), vec![(entry.state.id, 20)]);
+        assert_eq!(entry.last_used_at(), Some(20));
+
+        // Nothing newer since the flush: nothing to write.
+        model.touch(&entry, 20);
+        model.touch(&entry, 15);
+        assert_eq!(model.take_dirty_last_used(), vec![]);
+
+        // A newer use after the flush is queued again.
+        model.touch(&entry, 30);
+        assert_eq!(model.take_dirty_last_used(), vec![(entry.state.id, 30)]);
     }
 }

@@ -13,8 +13,8 @@
 
 use crate::stats::Latency;
 use anyhow::Context;
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use keyledger_e2e::nats::NatsServer;
 use keyledger_nats::{PublisherConfig, spawn_publisher};
 use keyledger_service::{Actor, Config, CreateKey, Service};
@@ -88,21 +88,27 @@ async fn raw_publish(url: &str, service: &Service, count: u64) -> anyhow::Result
         ..keyledger_nats::stream_config()
     })
     .await?;
+    const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
+    const EXPECTED_LAST: HeaderName = HeaderName::from_static("Nats-Expected-Last-Sequence");
+    const SEQ: HeaderName = HeaderName::from_static(keyledger_nats::HEADER_SEQ);
+    const HASH: HeaderName = HeaderName::from_static(keyledger_nats::HEADER_HASH);
+    const SIGNATURE: HeaderName = HeaderName::from_static(keyledger_nats::HEADER_SIGNATURE);
     let (mut sent, mut last) = (0u64, 0u64);
     while sent < count {
         let mut acks = Vec::with_capacity(WINDOW);
         for _ in 0..WINDOW.min((count - sent) as usize) {
             let (subject, payload, seq, hash, signature) =
                 &messages[sent as usize % messages.len()];
+            // Header names parsed once and one allocation per value, as the publisher does.
             let mut h = HeaderMap::new();
-            h.insert("Nats-Msg-Id", format!("raw-{sent}").as_str());
+            h.insert(MSG_ID, HeaderValue::from(format!("raw-{sent}")));
             h.insert(
-                "Nats-Expected-Last-Sequence",
-                (last + acks.len() as u64).to_string().as_str(),
+                EXPECTED_LAST,
+                HeaderValue::from((last + acks.len() as u64).to_string()),
             );
-            h.insert(keyledger_nats::HEADER_SEQ, seq.as_str());
-            h.insert(keyledger_nats::HEADER_HASH, hash.as_str());
-            h.insert(keyledger_nats::HEADER_SIGNATURE, signature.as_str());
+            h.insert(SEQ, HeaderValue::from(seq.clone()));
+            h.insert(HASH, HeaderValue::from(hash.clone()));
+            h.insert(SIGNATURE, HeaderValue::from(signature.clone()));
             acks.push(
                 js.publish_with_headers(subject.clone(), h, payload.clone())
                     .await?,

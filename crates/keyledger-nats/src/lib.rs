@@ -16,7 +16,7 @@
 //! loses nor duplicates an event, independently of the de-duplication window.
 
 use async_nats::jetstream::{self, stream};
-use async_nats::{HeaderMap, HeaderValue};
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use keyledger_service::Service;
 use keyledger_store::{Log, RawEvent, StoreError};
 use std::time::{Duration, Instant};
@@ -213,7 +213,7 @@ async fn session(
         for (i, ev) in batch.iter_mut().enumerate() {
             let ack = js
                 .publish_with_headers(
-                    ev.subject.clone(),
+                    std::mem::take(&mut ev.subject),
                     headers(ev, stream_last + i as u64),
                     bytes::Bytes::from(std::mem::take(&mut ev.bytes)),
                 )
@@ -301,20 +301,23 @@ async fn finished(write: tokio::task::JoinHandle<Result<(), StoreError>>) -> Res
 }
 
 /// `Nats-Msg-Id`, `Keyledger-Seq`, `Keyledger-Hash`, `Keyledger-Signature`, and the stream
-/// sequence this message must follow.
-fn headers(env: &RawEvent, expected_last: u64) -> HeaderMap {
+/// sequence this message must follow. Takes the event's hash and signature (the publisher needs
+/// neither once the message is built), so each header costs at most one allocation.
+fn headers(env: &mut RawEvent, expected_last: u64) -> HeaderMap {
+    const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
+    const EXPECTED_LAST: HeaderName = HeaderName::from_static("Nats-Expected-Last-Sequence");
+    const SEQ: HeaderName = HeaderName::from_static(HEADER_SEQ);
+    const HASH: HeaderName = HeaderName::from_static(HEADER_HASH);
+    const SIGNATURE: HeaderName = HeaderName::from_static(HEADER_SIGNATURE);
     let mut h = HeaderMap::new();
+    h.insert(MSG_ID, HeaderValue::from(env.id.to_string()));
+    h.insert(EXPECTED_LAST, HeaderValue::from(expected_last.to_string()));
+    h.insert(SEQ, HeaderValue::from(env.seq.to_string()));
+    h.insert(HASH, HeaderValue::from(std::mem::take(&mut env.hash)));
     h.insert(
-        "Nats-Msg-Id",
-        HeaderValue::from(env.id.to_string().as_str()),
+        SIGNATURE,
+        HeaderValue::from(std::mem::take(&mut env.signature)),
     );
-    h.insert(
-        "Nats-Expected-Last-Sequence",
-        HeaderValue::from(expected_last.to_string().as_str()),
-    );
-    h.insert(HEADER_SEQ, HeaderValue::from(env.seq.to_string().as_str()));
-    h.insert(HEADER_HASH, HeaderValue::from(env.hash.as_str()));
-    h.insert(HEADER_SIGNATURE, HeaderValue::from(env.signature.as_str()));
     h
 }
 

@@ -4,10 +4,10 @@
 //! envelopes, in seq order.
 
 use crate::names::Names;
+use hashbrown::HashTable;
 use keyledger_core::{Event, KeyState, SecretHash, Timestamp, evolve_owned};
 use keyledger_store::{Envelope, ReplayEvent};
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use uuid::Uuid;
@@ -55,29 +55,26 @@ impl KeyEntry {
     }
 }
 
-/// Hashes a [`SecretHash`] by its first 8 bytes: it is already a uniform SHA-256 output, and
-/// only keyledger's own secrets are ever inserted (presented keys are only looked up), so
-/// SipHash's flooding protection buys nothing on the verification path.
-#[derive(Default)]
-pub struct SecretHashHasher(u64);
-
-impl std::hash::Hasher for SecretHashHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // `[u8; 32]` hashes as its length, then its bytes: keep the first 8 bytes of the data.
-        if bytes.len() >= 8 {
-            self.0 = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        }
-    }
-
-    fn write_usize(&mut self, _: usize) {}
+/// Where a secret hash goes in the verification index: its first 8 bytes. It is already a
+/// uniform SHA-256 output, and only keyledger's own secrets are ever inserted (presented keys
+/// are only looked up), so a keyed hash's flooding protection buys nothing here.
+fn slot(hash: &SecretHash) -> u64 {
+    u64::from_le_bytes(hash.0[..8].try_into().expect("8 bytes"))
 }
 
-fn hashes(s: &KeyState) -> impl Iterator<Item = SecretHash> + '_ {
-    std::iter::once(s.secret_hash).chain(s.previous.as_ref().map(|p| p.secret_hash))
+fn current_slot(e: &Arc<KeyEntry>) -> u64 {
+    slot(&e.state.secret_hash)
+}
+
+/// Only called on entries of [`ReadModel::rotating`], which all have a previous secret.
+fn rotating_slot(e: &Arc<KeyEntry>) -> u64 {
+    slot(
+        &e.state
+            .previous
+            .as_ref()
+            .expect("rotating entries have a previous secret")
+            .secret_hash,
+    )
 }
 
 /// What a presented secret hash resolves to.
@@ -110,8 +107,12 @@ pub struct ReadModel {
     pub(crate) names: Names,
     /// Account name → its number (in order of first appearance); rows hold the number.
     account_ids: HashMap<String, u32>,
-    /// Secret hash → the key's entry: one lookup per verification.
-    by_hash: HashMap<SecretHash, Arc<KeyEntry>, BuildHasherDefault<SecretHashHasher>>,
+    /// The verification index: each key's entry placed by its current secret's hash (one
+    /// lookup per verification), and by its rotated-away secret's hash while that one has a
+    /// grace period. A slot holds only the pointer (9 bytes with its control byte, against 41
+    /// with the hash as the key): the entry's own copy of the hash is what lookups compare.
+    current: HashTable<Arc<KeyEntry>>,
+    rotating: HashTable<Arc<KeyEntry>>,
     /// When each live key's next scheduled event falls due: `(ms, key)`, for expiries and ends
     /// of grace periods, so the scheduler never scans every key.
     due: std::collections::BTreeSet<(i64, Uuid)>,
@@ -206,10 +207,10 @@ impl ReadModel {
         self.slots.reserve(additional);
         self.entries.reserve(additional);
         self.rows.reserve(additional);
-        self.by_hash.reserve(additional);
+        self.current.reserve(additional, current_slot);
     }
 
-    /// Inserts a key as loaded from the persisted table.
+    /// Inserts a key as loaded from the persisted table (one the model does not hold yet).
     pub fn load(&mut self, state: KeyState, last_used: Option<i64>) {
         for t in due_times(&state) {
             self.due.insert((t, state.id));
@@ -224,9 +225,31 @@ impl ReadModel {
     }
 
     fn index_hashes(&mut self, entry: &Arc<KeyEntry>) {
-        for h in hashes(&entry.state) {
-            self.by_hash.insert(h, entry.clone());
+        let s = &entry.state;
+        self.current
+            .insert_unique(slot(&s.secret_hash), entry.clone(), current_slot);
+        if let Some(p) = &s.previous {
+            self.rotating
+                .insert_unique(slot(&p.secret_hash), entry.clone(), rotating_slot);
         }
+    }
+
+    fn unindex_hashes(&mut self, entry: &KeyEntry) {
+        let s = &entry.state;
+        let same_key = |e: &Arc<KeyEntry>| e.state.id == s.id;
+        if let Ok(e) = self.current.find_entry(slot(&s.secret_hash), same_key) {
+            e.remove();
+        }
+        if let Some(p) = &s.previous
+            && let Ok(e) = self.rotating.find_entry(slot(&p.secret_hash), same_key)
+        {
+            e.remove();
+        }
+    }
+
+    /// Heap bytes of the verification index (both tables).
+    pub fn index_bytes(&self) -> usize {
+        self.current.allocation_size() + self.rotating.allocation_size()
     }
 
     /// Applies one committed envelope. Envelopes at or below the head are ignored, so feeding
@@ -254,12 +277,7 @@ impl ReadModel {
         // A hash stays indexed only while it is the key's current or rotating secret (a revoked
         // key keeps its current hash, so that it verifies as REVOKED).
         if let Some(old) = &old {
-            let stale: Vec<SecretHash> = hashes(&old.state)
-                .filter(|h| hashes(&next).all(|n| n != *h))
-                .collect();
-            for h in stale {
-                self.by_hash.remove(&h);
-            }
+            self.unindex_hashes(old);
             for t in due_times(&old.state) {
                 self.due.remove(&(t, key_id));
             }
@@ -274,10 +292,22 @@ impl ReadModel {
 
     /// O(1): the key whose current or rotating secret has this hash.
     pub fn by_hash(&self, hash: &SecretHash) -> Option<HashMatch> {
-        let entry = self.by_hash.get(hash)?;
-        Some(HashMatch {
-            previous: entry.state.secret_hash != *hash,
-            entry: entry.clone(),
+        let at = slot(hash);
+        if let Some(e) = self.current.find(at, |e| e.state.secret_hash == *hash) {
+            return Some(HashMatch {
+                entry: e.clone(),
+                previous: false,
+            });
+        }
+        let rotating = |e: &Arc<KeyEntry>| {
+            e.state
+                .previous
+                .as_ref()
+                .is_some_and(|p| p.secret_hash == *hash)
+        };
+        self.rotating.find(at, rotating).map(|e| HashMatch {
+            entry: e.clone(),
+            previous: true,
         })
     }
 
@@ -339,7 +369,15 @@ mod tests {
     use super::*;
     use keyledger_core::Timestamp;
 
-    fn state(n: u8) -> KeyState {
+    /// A secret hash for `n` whose first 8 bytes (the index's slot) are spread out.
+    fn hash(n: u64) -> SecretHash {
+        let mut h = [0u8; 32];
+        h[..8].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+        h[8..16].copy_from_slice(&n.to_le_bytes());
+        SecretHash(h)
+    }
+
+    fn state(n: u64) -> KeyState {
         KeyState {
             id: Uuid::from_u128(u128::from(n)),
             account: "acct".into(),
@@ -353,7 +391,7 @@ mod tests {
             metadata: Default::default(),
             prefix: "kl".into(),
             hint: "kl_x".into(),
-            secret_hash: SecretHash([n; 32]),
+            secret_hash: hash(n),
             previous: None,
             created_at: Timestamp(1),
             updated_at: Timestamp(1),
@@ -362,6 +400,74 @@ mod tests {
             expired: false,
             version: 1,
         }
+    }
+
+    fn rotated(old: u64, new: u64) -> Event {
+        Event::Rotated(keyledger_core::event::Rotated {
+            secret_hash: hash(new),
+            hint: "kl_y".into(),
+            previous_secret_hash: hash(old),
+            grace_seconds: 60,
+            grace_until: Some(Timestamp(60_000)),
+        })
+    }
+
+    /// `(key, rotating)` for a hash, or `None` when it does not verify.
+    fn find(model: &ReadModel, h: SecretHash) -> Option<(Uuid, bool)> {
+        model.by_hash(&h).map(|m| (m.entry.state.id, m.previous))
+    }
+
+    #[test]
+    fn rotating_secrets_stay_found_while_both_tables_grow_and_go_when_their_grace_ends() {
+        const KEYS: u64 = 5_000;
+        const ROTATED: u64 = 300;
+        let mut model = ReadModel::default();
+        let mut seq = 0;
+        let mut apply = |model: &mut ReadModel, n: u64, event: Event| {
+            seq += 1;
+            model.apply_event(seq, Uuid::from_u128(u128::from(n)), Timestamp(2), event);
+        };
+        // Keys 1..=ROTATED are rotated before the tables have grown to their final size.
+        for n in 1..=ROTATED {
+            model.load(state(n), None);
+            apply(&mut model, n, rotated(n, KEYS + n));
+        }
+        for n in ROTATED + 1..=KEYS {
+            model.load(state(n), None);
+        }
+        let id = |n: u64| Uuid::from_u128(u128::from(n));
+        for n in 1..=ROTATED {
+            assert_eq!(
+                find(&model, hash(KEYS + n)),
+                Some((id(n), false)),
+                "key {n}"
+            );
+            assert_eq!(find(&model, hash(n)), Some((id(n), true)), "key {n}");
+        }
+        for n in ROTATED + 1..=KEYS {
+            assert_eq!(find(&model, hash(n)), Some((id(n), false)), "key {n}");
+        }
+        assert_eq!(find(&model, hash(3 * KEYS)), None);
+
+        // The grace period ends: only the new secret is left.
+        apply(
+            &mut model,
+            1,
+            Event::RotationEnded(keyledger_core::event::RotationEnded {
+                secret_hash: hash(1),
+            }),
+        );
+        assert_eq!(find(&model, hash(1)), None);
+        assert_eq!(find(&model, hash(KEYS + 1)), Some((id(1), false)));
+
+        // A revoked key's current secret stays indexed (it verifies as REVOKED); its rotating
+        // one goes. Each hash is indexed once, for the key's latest entry.
+        apply(&mut model, 2, Event::Deleted(Default::default()));
+        let m = model.by_hash(&hash(KEYS + 2)).expect("still indexed");
+        assert!(m.entry.state.is_deleted());
+        assert_eq!(find(&model, hash(2)), None);
+        assert_eq!(model.current.len(), KEYS as usize);
+        assert_eq!(model.rotating.len(), ROTATED as usize - 2);
     }
 
     #[test]

@@ -272,19 +272,10 @@ fn sample(keys: u64, n: u64) -> Vec<u64> {
 }
 
 fn model_scenarios(data: &dataset::Dataset, args: &Args, r: &mut Results) -> anyhow::Result<()> {
-    // The verification index on its own: SecretHash -> key id, as the read model holds it.
-    let hashes: Vec<SecretHash> = (0..data.keys)
-        .map(|i| dataset::current_secret(i).hash())
+    // The in-process verify's baseline: a plain hash map from secret hash to key id.
+    let index: HashMap<SecretHash, uuid::Uuid> = (0..data.keys)
+        .map(|i| (dataset::current_secret(i).hash(), uuid::Uuid::nil()))
         .collect();
-    let (index, index_bytes) = Counting::measure(|| {
-        let mut m: HashMap<SecretHash, uuid::Uuid> = HashMap::new();
-        for h in &hashes {
-            m.insert(*h, uuid::Uuid::nil());
-        }
-        m
-    });
-    r.index_bytes_per_key = Some(index_bytes as f64 / data.keys as f64);
-    drop(hashes);
 
     let service = Service::open(Config::new(&data.dir))?;
     let states = service.snapshot();
@@ -296,6 +287,7 @@ fn model_scenarios(data: &dataset::Dataset, args: &Args, r: &mut Results) -> any
         m
     });
     r.model_bytes_per_key = Some(model_bytes as f64 / data.keys as f64);
+    r.index_bytes_per_key = Some(model.index_bytes() as f64 / data.keys as f64);
     drop(model);
 
     // In-process verify against SHA-256 + hash-map lookup alone, over the same keys.
@@ -688,7 +680,7 @@ fn table(data: &dataset::Dataset, args: &Args, r: &Results) -> Table {
         t.add(
             "RSS delta per key after open",
             format!("{per_key:.0} B"),
-            index.map_or("-".into(), |b| format!("index alone {b:.0} B")),
+            index.map_or("-".into(), |b| format!("index {b:.0} B")),
             index.map_or("-".into(), |b| ratio(per_key / b)),
             "≤ 300 B/key",
             Met::from(per_key <= 300.0),
@@ -707,12 +699,22 @@ fn table(data: &dataset::Dataset, args: &Args, r: &Results) -> Table {
             },
         );
     }
+    if let Some(b) = r.index_bytes_per_key {
+        t.add(
+            "verification index per key",
+            format!("{b:.0} B"),
+            "-",
+            "-",
+            "≤ 300 B/key",
+            Met::from(b <= 300.0),
+        );
+    }
     if let Some(m) = r.model_bytes_per_key {
         t.add(
             "read model heap per key (info)",
             format!("{m:.0} B"),
             r.index_bytes_per_key
-                .map_or("-".into(), |b| format!("index alone {b:.0} B")),
+                .map_or("-".into(), |b| format!("index {b:.0} B")),
             r.index_bytes_per_key.map_or("-".into(), |b| ratio(m / b)),
             "-",
             Met::NotApplicable,

@@ -13,6 +13,7 @@
 
 use crate::stats::Latency;
 use anyhow::Context;
+use async_nats::header::{NATS_EXPECTED_LAST_SEQUENCE, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, stream};
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use keyledger_e2e::nats::NatsServer;
@@ -88,8 +89,6 @@ async fn raw_publish(url: &str, service: &Service, count: u64) -> anyhow::Result
         ..keyledger_nats::stream_config()
     })
     .await?;
-    const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
-    const EXPECTED_LAST: HeaderName = HeaderName::from_static("Nats-Expected-Last-Sequence");
     const SEQ: HeaderName = HeaderName::from_static(keyledger_nats::HEADER_SEQ);
     const HASH: HeaderName = HeaderName::from_static(keyledger_nats::HEADER_HASH);
     const SIGNATURE: HeaderName = HeaderName::from_static(keyledger_nats::HEADER_SIGNATURE);
@@ -101,9 +100,9 @@ async fn raw_publish(url: &str, service: &Service, count: u64) -> anyhow::Result
                 &messages[sent as usize % messages.len()];
             // Header names parsed once and one allocation per value, as the publisher does.
             let mut h = HeaderMap::new();
-            h.insert(MSG_ID, HeaderValue::from(format!("raw-{sent}")));
+            h.insert(NATS_MESSAGE_ID, HeaderValue::from(format!("raw-{sent}")));
             h.insert(
-                EXPECTED_LAST,
+                NATS_EXPECTED_LAST_SEQUENCE,
                 HeaderValue::from((last + acks.len() as u64).to_string()),
             );
             h.insert(SEQ, HeaderValue::from(seq.clone()));

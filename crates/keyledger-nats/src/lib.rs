@@ -304,14 +304,16 @@ async fn finished(write: tokio::task::JoinHandle<Result<(), StoreError>>) -> Res
 /// sequence this message must follow. Takes the event's hash and signature (the publisher needs
 /// neither once the message is built), so each header costs at most one allocation.
 fn headers(env: &mut RawEvent, expected_last: u64) -> HeaderMap {
-    const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
-    const EXPECTED_LAST: HeaderName = HeaderName::from_static("Nats-Expected-Last-Sequence");
+    use async_nats::header::{NATS_EXPECTED_LAST_SEQUENCE, NATS_MESSAGE_ID};
     const SEQ: HeaderName = HeaderName::from_static(HEADER_SEQ);
     const HASH: HeaderName = HeaderName::from_static(HEADER_HASH);
     const SIGNATURE: HeaderName = HeaderName::from_static(HEADER_SIGNATURE);
     let mut h = HeaderMap::new();
-    h.insert(MSG_ID, HeaderValue::from(env.id.to_string()));
-    h.insert(EXPECTED_LAST, HeaderValue::from(expected_last.to_string()));
+    h.insert(NATS_MESSAGE_ID, HeaderValue::from(env.id.to_string()));
+    h.insert(
+        NATS_EXPECTED_LAST_SEQUENCE,
+        HeaderValue::from(expected_last.to_string()),
+    );
     h.insert(SEQ, HeaderValue::from(env.seq.to_string()));
     h.insert(HASH, HeaderValue::from(std::mem::take(&mut env.hash)));
     h.insert(

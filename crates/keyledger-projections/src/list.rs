@@ -231,6 +231,7 @@ impl ReadModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::tests::plain_state;
     use keyledger_core::{KeyState, SecretHash, Timestamp};
     use proptest::prelude::*;
 
@@ -280,26 +281,15 @@ mod tests {
         let mut hash = [0u8; 32];
         hash[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
         KeyState {
-            id: Uuid::from_u128(1000 + i as u128),
             account: format!("acct{}", s.account),
             name: s.name.clone(),
-            owner: None,
             role: s.role.map(|r| format!("role{r}")),
             scopes: s.scope.map(|r| format!("scope{r}")).into_iter().collect(),
-            allowed_ips: vec![],
             enabled: s.enabled,
-            expires_at: None,
-            metadata: Default::default(),
-            prefix: "kl".into(),
-            hint: "kl_x".into(),
-            secret_hash: SecretHash(hash),
-            previous: None,
             created_at: Timestamp(s.created),
             updated_at: Timestamp(s.updated),
-            rotated_at: None,
             deleted_at: s.deleted.then_some(Timestamp(s.updated)),
-            expired: false,
-            version: 1,
+            ..plain_state(Uuid::from_u128(1000 + i as u128), SecretHash(hash))
         }
     }
 

@@ -365,7 +365,7 @@ impl ReadModel {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use keyledger_core::Timestamp;
 
@@ -377,11 +377,13 @@ mod tests {
         SecretHash(h)
     }
 
-    fn state(n: u64) -> KeyState {
+    /// An enabled key of account `acct` with nothing optional set: what the module tests build
+    /// on, overriding the fields they look at.
+    pub(crate) fn plain_state(id: Uuid, secret_hash: SecretHash) -> KeyState {
         KeyState {
-            id: Uuid::from_u128(u128::from(n)),
+            id,
             account: "acct".into(),
-            name: format!("key {n}"),
+            name: "key".into(),
             owner: None,
             role: None,
             scopes: vec![],
@@ -391,7 +393,7 @@ mod tests {
             metadata: Default::default(),
             prefix: "kl".into(),
             hint: "kl_x".into(),
-            secret_hash: hash(n),
+            secret_hash,
             previous: None,
             created_at: Timestamp(1),
             updated_at: Timestamp(1),
@@ -399,6 +401,13 @@ mod tests {
             deleted_at: None,
             expired: false,
             version: 1,
+        }
+    }
+
+    fn state(n: u64) -> KeyState {
+        KeyState {
+            name: format!("key {n}"),
+            ..plain_state(Uuid::from_u128(u128::from(n)), hash(n))
         }
     }
 

@@ -77,6 +77,30 @@ fn rotating_slot(e: &Arc<KeyEntry>) -> u64 {
     )
 }
 
+/// Moves `entry`'s key in one index table from the hash `was` to the hash `now` (either may be
+/// absent); when both are the same, overwrites the slot in place.
+fn place(
+    table: &mut HashTable<Arc<KeyEntry>>,
+    was: Option<SecretHash>,
+    now: Option<SecretHash>,
+    entry: &Arc<KeyEntry>,
+    rehash: fn(&Arc<KeyEntry>) -> u64,
+) {
+    let id = entry.state.id;
+    if let Some(was) = was
+        && let Ok(mut slot_entry) = table.find_entry(slot(&was), |e| e.state.id == id)
+    {
+        if now == Some(was) {
+            *slot_entry.get_mut() = entry.clone();
+            return;
+        }
+        slot_entry.remove();
+    }
+    if let Some(now) = now {
+        table.insert_unique(slot(&now), entry.clone(), rehash);
+    }
+}
+
 /// What a presented secret hash resolves to.
 #[derive(Debug, Clone)]
 pub struct HashMatch {
@@ -216,7 +240,7 @@ impl ReadModel {
             self.due.insert((t, state.id));
         }
         let entry = Arc::new(KeyEntry::new(state, last_used.unwrap_or(NEVER)));
-        self.index_hashes(&entry);
+        self.reindex(None, &entry);
         self.store(entry);
     }
 
@@ -224,27 +248,23 @@ impl ReadModel {
         self.head = head;
     }
 
-    fn index_hashes(&mut self, entry: &Arc<KeyEntry>) {
-        let s = &entry.state;
-        self.current
-            .insert_unique(slot(&s.secret_hash), entry.clone(), current_slot);
-        if let Some(p) = &s.previous {
-            self.rotating
-                .insert_unique(slot(&p.secret_hash), entry.clone(), rotating_slot);
-        }
-    }
-
-    fn unindex_hashes(&mut self, entry: &KeyEntry) {
-        let s = &entry.state;
-        let same_key = |e: &Arc<KeyEntry>| e.state.id == s.id;
-        if let Ok(e) = self.current.find_entry(slot(&s.secret_hash), same_key) {
-            e.remove();
-        }
-        if let Some(p) = &s.previous
-            && let Ok(e) = self.rotating.find_entry(slot(&p.secret_hash), same_key)
-        {
-            e.remove();
-        }
+    /// Points the verification index at `next`, the entry that replaces `old` (`None` for a
+    /// key's first entry). A hash the key keeps has its slot overwritten where it is.
+    fn reindex(&mut self, old: Option<&KeyEntry>, next: &Arc<KeyEntry>) {
+        let previous = |s: &KeyState| s.previous.as_ref().map(|p| p.secret_hash);
+        let (was, was_rotating) = match old {
+            Some(o) => (Some(o.state.secret_hash), previous(&o.state)),
+            None => (None, None),
+        };
+        let now = Some(next.state.secret_hash);
+        place(&mut self.current, was, now, next, current_slot);
+        place(
+            &mut self.rotating,
+            was_rotating,
+            previous(&next.state),
+            next,
+            rotating_slot,
+        );
     }
 
     /// Heap bytes of the verification index (both tables).
@@ -274,10 +294,7 @@ impl ReadModel {
             .as_ref()
             .map_or(NEVER, |e| e.last_used.load(Ordering::Relaxed));
         let next = evolve_owned(old.as_ref().map(|e| e.state.clone()), key_id, at, event);
-        // A hash stays indexed only while it is the key's current or rotating secret (a revoked
-        // key keeps its current hash, so that it verifies as REVOKED).
         if let Some(old) = &old {
-            self.unindex_hashes(old);
             for t in due_times(&old.state) {
                 self.due.remove(&(t, key_id));
             }
@@ -286,7 +303,9 @@ impl ReadModel {
             self.due.insert((t, key_id));
         }
         let entry = Arc::new(KeyEntry::new(next, last_used));
-        self.index_hashes(&entry);
+        // A hash stays indexed only while it is the key's current or rotating secret (a revoked
+        // key keeps its current hash, so that it verifies as REVOKED).
+        self.reindex(old.as_deref(), &entry);
         self.store(entry);
     }
 

@@ -56,6 +56,16 @@ impl Outcome {
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.secs
     }
+
+    /// Adds another run's counts, time, latencies and CPU, as if both were one run.
+    pub fn merge(&mut self, other: &Outcome) {
+        self.ok += other.ok;
+        self.completed += other.completed;
+        self.errors += other.errors;
+        self.secs += other.secs;
+        self.latency.merge(&other.latency);
+        self.cpu.add(other.cpu);
+    }
 }
 
 struct Conn {

@@ -431,19 +431,20 @@ fn http_scenarios(data: &dataset::Dataset, args: &Args, r: &mut Results) -> anyh
     let run = |name: &str, l: http::Load| -> anyhow::Result<http::Outcome> {
         eprintln!("HTTP {name} ({} connections) ...", l.connections);
         let out = client_rt.block_on(http::run(addr, l))?;
+        eprintln!(
+            "  {}/s, p99 {}, {:.1} µs CPU per request",
+            thousands(out.rate().round() as u64),
+            secs(out.latency.quantile(0.99)),
+            out.cpu.total / out.completed.max(1) as f64 * 1e6
+        );
         if out.errors > 0 {
             eprintln!("  {name}: {} failed responses", out.errors);
         }
         Ok(out)
     };
 
-    let healthz = http::request("GET", "/healthz", None, None);
-    r.healthz = Some(run(
-        "healthz",
-        load(vec![healthz], 200, Some(b"ok"), args.connections),
-    )?);
-
-    let verify_reqs = sample(data.keys, 1024)
+    let healthz = vec![http::request("GET", "/healthz", None, None)];
+    let verify: Vec<Vec<u8>> = sample(data.keys, 1024)
         .into_iter()
         .map(|i| {
             let body = serde_json::json!({ "key": dataset::current_secret(i).expose() });
@@ -455,10 +456,37 @@ fn http_scenarios(data: &dataset::Dataset, args: &Args, r: &mut Results) -> anyh
             )
         })
         .collect();
-    r.verify_http = Some(run(
-        "verify",
-        load(verify_reqs, 200, Some(b"\"valid\":true"), args.connections),
-    )?);
+    // Verify and its baseline in alternating slices of ~1 s (healthz, verify, verify, healthz,
+    // ...), each slice after its own warm-up: this machine's speed drifts over seconds, and
+    // both should see the same drift. The figures are the slices' sums.
+    let slices = (args.duration.round() as usize).max(1);
+    let slice = Duration::from_secs_f64(args.duration / slices as f64);
+    let slice_warmup = (slice / 5).clamp(Duration::from_millis(200), Duration::from_secs(1));
+    let (mut healthz_out, mut verify_out) = (None::<http::Outcome>, None::<http::Outcome>);
+    for i in 0..slices {
+        let order = if i % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for is_verify in order {
+            let (requests, expect, name, out): (_, &'static [u8], _, _) = if is_verify {
+                (&verify, b"\"valid\":true", "verify", &mut verify_out)
+            } else {
+                (&healthz, b"ok", "healthz", &mut healthz_out)
+            };
+            let mut l = load(requests.clone(), 200, Some(expect), args.connections);
+            l.duration = slice;
+            l.warmup = slice_warmup;
+            let o = run(&format!("{name}, slice {}/{slices}", i + 1), l)?;
+            match out {
+                Some(total) => total.merge(&o),
+                None => *out = Some(o),
+            }
+        }
+    }
+    r.healthz = healthz_out;
+    r.verify_http = verify_out;
 
     let create = http::request(
         "POST",

@@ -84,6 +84,11 @@ impl CpuTime {
         out
     }
 
+    pub fn add(&mut self, other: CpuTime) {
+        self.total += other.total;
+        self.writer += other.writer;
+    }
+
     pub fn since(self, earlier: CpuTime) -> CpuTime {
         CpuTime {
             total: self.total - earlier.total,

@@ -27,8 +27,10 @@ async fn metrics_expose_http_request_counter() {
         "a Prometheus exposition format: {ct}"
     );
     assert!(
-        r.body.contains("keyledger_http_requests_total"),
-        "{}",
+        r.body.contains(
+            r#"keyledger_http_requests_total{method="GET",route="/v1/me",status="200"} 1"#
+        ),
+        "the /v1/me request, labelled with its route: {}",
         r.body
     );
     r.assert_absent(&h.admin);

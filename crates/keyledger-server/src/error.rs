@@ -8,11 +8,12 @@ use utoipa::ToSchema;
 
 tokio::task_local! {
     /// The id of the request being served (set by the request-id middleware).
-    pub static REQUEST_ID: String;
+    pub static REQUEST_ID: uuid::Uuid;
 }
 
+/// The id of the request being served, as text; empty outside a request.
 pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+    REQUEST_ID.try_with(|id| id.to_string()).unwrap_or_default()
 }
 
 /// An error answer. Messages never contain secrets or internals.

@@ -36,6 +36,44 @@ async fn metrics_expose_http_request_counter() {
     r.assert_absent(&h.admin);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_labels_cannot_be_grown_by_clients() {
+    let h = Harness::start().await;
+    // Made-up methods and paths each land in one fixed label, not a new time series.
+    for (method, path) in [
+        ("BREW", "/v1/keys"),
+        ("WHEN", "/v1/keys"),
+        ("GET", "/v9/x1"),
+    ] {
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let r = h.send_auth(m, path, Auth::None, None).await;
+        assert!(
+            r.status == 404 || r.status == 405,
+            "{method} {path}: {}",
+            r.status
+        );
+    }
+    let r = h
+        .send_auth(Method::GET, "/metrics", Auth::None, None)
+        .await
+        .expect(200);
+    for absent in ["BREW", "WHEN", "/v9/x1"] {
+        assert!(!r.body.contains(absent), "{absent} in {}", r.body);
+    }
+    assert!(
+        r.body
+            .contains(r#"method="other",route="/v1/keys",status="405"} 2"#),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains(r#"method="GET",route="unmatched",status="404"} 1"#),
+        "{}",
+        r.body
+    );
+}
+
 /// The served OpenAPI document, fetched without credentials.
 async fn openapi(h: &Harness) -> serde_json::Value {
     h.send_auth(Method::GET, "/openapi.json", Auth::None, None)

@@ -1,7 +1,8 @@
 //! Criterion benches of the envelope, each group with its baseline as a member:
 //!
 //! - `envelope_seal`: what the writer does per event inside the commit — JSON value, RFC 8785
-//!   canonical bytes and SHA-256 (`envelope_hash`), the ed25519 signature, and the stored JSON —
+//!   canonical bytes and SHA-256 (`envelope_hash`), the ed25519 signature (alone, and eight one by
+//!   one against eight batched by `SigningKeys::sign_all`), and the stored JSON —
 //!   against SHA-256 of the same canonical bytes alone.
 //! - `envelope_decode`: `serde_json` decoding of a stored envelope (an audit's and a read's
 //!   per-event cost) and of the members the NATS publisher reads (`RawEvent`), against a parse
@@ -71,6 +72,14 @@ fn seal(c: &mut Criterion) {
         b.iter(|| envelope_hash(&serde_json::to_value(black_box(&env)).unwrap()).unwrap())
     });
     g.bench_function("ed25519 sign", |b| b.iter(|| keys.sign(black_box(&hash))));
+    // A writer's chunk: eight signatures one by one against one `sign_all` (shared inversion).
+    let chunk = [hash; 8];
+    g.bench_function("ed25519 sign x8, one by one", |b| {
+        b.iter(|| black_box(&chunk).map(|h| keys.sign(&h)))
+    });
+    g.bench_function("ed25519 sign x8, sign_all", |b| {
+        b.iter(|| keys.sign_all(black_box(&chunk)))
+    });
     g.bench_function("stored JSON (to_vec)", |b| {
         b.iter(|| serde_json::to_vec(black_box(&env)).unwrap())
     });

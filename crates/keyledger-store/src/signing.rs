@@ -3,10 +3,12 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use curve25519_dalek::{EdwardsPoint, Scalar};
+use ed25519_dalek::hazmat::ExpandedSecretKey;
+use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
 use keyledger_core::Timestamp;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 use std::io::Write;
 use std::path::Path;
 use zeroize::Zeroize;
@@ -31,6 +33,9 @@ pub struct PublicKeyInfo {
 struct Entry {
     id: String,
     key: SigningKey,
+    /// The signing scalar and nonce prefix, derived from `key` once instead of per signature.
+    expanded: ExpandedSecretKey,
+    public: [u8; 32],
     created_at: Timestamp,
 }
 
@@ -113,11 +118,7 @@ impl SigningKeys {
                     format!("key {} does not match its id", fe.id),
                 ));
             }
-            entries.push(Entry {
-                id: fe.id,
-                key,
-                created_at: fe.created_at,
-            });
+            entries.push(Self::entry(key, fe.created_at));
         }
         if entries.is_empty() {
             return Err(SigningError::Empty {
@@ -145,6 +146,8 @@ impl SigningKeys {
     fn entry(key: SigningKey, created_at: Timestamp) -> Entry {
         Entry {
             id: key_id(&key.verifying_key()),
+            expanded: ExpandedSecretKey::from(key.as_bytes()),
+            public: key.verifying_key().to_bytes(),
             key,
             created_at,
         }
@@ -191,8 +194,41 @@ impl SigningKeys {
 
     /// Signs the 32 raw bytes of an event hash: `(signer id, standard base64 signature)`.
     pub fn sign(&self, hash: &[u8; 32]) -> (String, String) {
+        let id = self.active_id().to_owned();
+        (id, self.sign_all(std::slice::from_ref(hash)).remove(0))
+    }
+
+    /// Signs each hash (standard base64 signatures, in order): RFC 8032 Ed25519, the same bytes
+    /// as ed25519-dalek's `sign`, but the nonce points `R` of all hashes are compressed together
+    /// (one field inversion for the lot instead of one each, ~3 µs of a ~18 µs signature).
+    pub fn sign_all(&self, hashes: &[[u8; 32]]) -> Vec<String> {
         let e = self.active();
-        (e.id.clone(), B64.encode(e.key.sign(hash).to_bytes()))
+        let wide = |parts: &[&[u8]]| {
+            let mut h = Sha512::new();
+            parts.iter().for_each(|p| h.update(p));
+            Scalar::from_bytes_mod_order_wide(&h.finalize().into())
+        };
+        // r = H(prefix || M): the secret nonces, wiped once used.
+        let mut nonces: Vec<Scalar> = hashes
+            .iter()
+            .map(|m| wide(&[&e.expanded.hash_prefix, m]))
+            .collect();
+        let points: Vec<EdwardsPoint> = nonces.iter().map(EdwardsPoint::mul_base).collect();
+        let signatures = EdwardsPoint::compress_batch_alloc(&points)
+            .iter()
+            .zip(&nonces)
+            .zip(hashes)
+            .map(|((big_r, r), m)| {
+                // s = H(R || A || M) · a + r
+                let s = wide(&[big_r.as_bytes(), &e.public, m]) * e.expanded.scalar + r;
+                let mut bytes = [0u8; 64];
+                bytes[..32].copy_from_slice(big_r.as_bytes());
+                bytes[32..].copy_from_slice(s.as_bytes());
+                B64.encode(bytes)
+            })
+            .collect();
+        nonces.zeroize();
+        signatures
     }
 
     pub fn public_keys(&self) -> Vec<PublicKeyInfo> {
@@ -260,6 +296,33 @@ impl SignatureVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Batched signing is RFC 8032 Ed25519: byte for byte what ed25519-dalek's `sign`
+        /// gives, and each signature verifies, for any key and any batch.
+        #[test]
+        fn batched_signatures_equal_ed25519_dalek_ones(
+            seed in any::<[u8; 32]>(),
+            hashes in prop::collection::vec(any::<[u8; 32]>(), 0..20),
+        ) {
+            use ed25519_dalek::Signer;
+            let keys = SigningKeys::ephemeral(seed, Timestamp(0));
+            let reference = SigningKey::from_bytes(&seed);
+            let got = keys.sign_all(&hashes);
+            prop_assert_eq!(got.len(), hashes.len());
+            let verifier = keys.verifier();
+            for (h, sig) in hashes.iter().zip(&got) {
+                prop_assert_eq!(sig, &B64.encode(reference.sign(h).to_bytes()));
+                prop_assert!(verifier.verify(keys.active_id(), h, sig).is_ok());
+            }
+            if let Some(h) = hashes.first() {
+                prop_assert_eq!(&keys.sign(h).1, &got[0]);
+            }
+        }
+    }
 
     #[test]
     fn key_file_is_owner_only_and_reloads_the_same_keys() {

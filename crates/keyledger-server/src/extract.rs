@@ -10,6 +10,7 @@ use keyledger_core::model::canonical_ip;
 use keyledger_service::{Actor, Caller, Idempotency, KeyEntry};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -259,26 +260,28 @@ impl Auth {
     }
 }
 
-pub(crate) fn presented_key(parts: &Parts, allow_query: bool) -> Option<String> {
+/// The presented key, borrowed from the request where it can be (a header), decoded where it
+/// must be (the query).
+pub(crate) fn presented_key(parts: &Parts, allow_query: bool) -> Option<Cow<'_, str>> {
     let h = &parts.headers;
     if let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let mut it = v.trim().splitn(2, ' ');
         if let (Some(scheme), Some(token)) = (it.next(), it.next())
             && scheme.eq_ignore_ascii_case("bearer")
         {
-            return Some(token.trim().to_owned());
+            return Some(Cow::Borrowed(token.trim()));
         }
     }
     for name in ["x-api-key", "apikey"] {
         if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) {
-            return Some(v.trim().to_owned());
+            return Some(Cow::Borrowed(v.trim()));
         }
     }
     if allow_query {
         let q = parts.uri.query().unwrap_or("");
         return form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "apikey")
-            .map(|(_, v)| v.into_owned());
+            .map(|(_, v)| Cow::Owned(v.into_owned()));
     }
     None
 }

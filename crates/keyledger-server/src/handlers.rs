@@ -312,8 +312,10 @@ pub async fn verify(
         .service
         .verify(&req.key, &req.scopes, ip, keyledger_service::now());
     // Another account's key is as absent to a non-admin verifier.
-    let actor = auth.actor();
-    if v.entry.as_ref().is_some_and(|e| !actor.sees(&e.state)) {
+    if v.entry
+        .as_ref()
+        .is_some_and(|e| !auth.caller.sees(&e.state))
+    {
         v.code = VerifyCode::NotFound;
         v.entry = None;
         v.rotating = false;

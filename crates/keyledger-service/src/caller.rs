@@ -69,7 +69,10 @@ impl Actor {
 
     /// Whether the actor can see a key (keys of other accounts are invisible, as if absent).
     pub fn sees(&self, state: &KeyState) -> bool {
-        self.account_limit().is_none_or(|a| a == state.account)
+        match self {
+            Actor::Key(c) => c.sees(state),
+            _ => true,
+        }
     }
 }
 
@@ -92,6 +95,11 @@ impl Caller {
 
     pub fn is_admin(&self) -> bool {
         self.scopes.iter().any(|s| s == SCOPE_ADMIN)
+    }
+
+    /// Whether this key can see a key: an admin sees every account, any other key its own.
+    pub fn sees(&self, state: &KeyState) -> bool {
+        self.is_admin() || self.account == state.account
     }
 
     pub fn require(&self, scope: &str) -> Result<(), ServiceError> {

@@ -35,7 +35,6 @@ struct Entry {
     key: SigningKey,
     /// The signing scalar and nonce prefix, derived from `key` once instead of per signature.
     expanded: ExpandedSecretKey,
-    public: [u8; 32],
     created_at: Timestamp,
 }
 
@@ -147,7 +146,6 @@ impl SigningKeys {
         Entry {
             id: key_id(&key.verifying_key()),
             expanded: ExpandedSecretKey::from(key.as_bytes()),
-            public: key.verifying_key().to_bytes(),
             key,
             created_at,
         }
@@ -203,6 +201,7 @@ impl SigningKeys {
     /// (one field inversion for the lot instead of one each, ~3 µs of a ~18 µs signature).
     pub fn sign_all(&self, hashes: &[[u8; 32]]) -> Vec<String> {
         let e = self.active();
+        let public = e.key.verifying_key().to_bytes();
         let wide = |parts: &[&[u8]]| {
             let mut h = Sha512::new();
             parts.iter().for_each(|p| h.update(p));
@@ -220,7 +219,7 @@ impl SigningKeys {
             .zip(hashes)
             .map(|((big_r, r), m)| {
                 // s = H(R || A || M) · a + r
-                let s = wide(&[big_r.as_bytes(), &e.public, m]) * e.expanded.scalar + r;
+                let s = wide(&[big_r.as_bytes(), &public, m]) * e.expanded.scalar + r;
                 let mut bytes = [0u8; 64];
                 bytes[..32].copy_from_slice(big_r.as_bytes());
                 bytes[32..].copy_from_slice(s.as_bytes());

@@ -32,7 +32,7 @@ impl Actor {
     /// `None` when the actor may act in every account.
     pub fn account_limit(&self) -> Option<&str> {
         match self {
-            Actor::Key(c) if !c.is_admin() => Some(&c.account),
+            Actor::Key(c) => c.account_limit(),
             _ => None,
         }
     }
@@ -97,9 +97,14 @@ impl Caller {
         self.scopes.iter().any(|s| s == SCOPE_ADMIN)
     }
 
-    /// Whether this key can see a key: an admin sees every account, any other key its own.
+    /// `None` for an admin, which may act in every account; otherwise the key's own account.
+    pub fn account_limit(&self) -> Option<&str> {
+        (!self.is_admin()).then_some(self.account.as_str())
+    }
+
+    /// Whether this key can see a key (keys of other accounts are invisible, as if absent).
     pub fn sees(&self, state: &KeyState) -> bool {
-        self.is_admin() || self.account == state.account
+        self.account_limit().is_none_or(|a| a == state.account)
     }
 
     pub fn require(&self, scope: &str) -> Result<(), ServiceError> {

@@ -15,9 +15,7 @@
 //! extends the hash chain, signs, lets a [`Projector`] update read models in the same
 //! transaction, and commits durably before anything is acknowledged.
 
-use crate::envelope::{
-    Envelope, GENESIS_HASH, RawEvent, ReplayEvent, encode_replay_row, envelope_hash,
-};
+use crate::envelope::{Envelope, GENESIS_HASH, RawEvent, ReplayEvent, encode_replay_row};
 use crate::signing::SigningKeys;
 use crate::{AppendError, StoreError};
 use keyledger_core::event::SCHEMA_VERSION;
@@ -578,9 +576,7 @@ impl Log {
             signature: String::new(),
             signer: self.keys.active_id().to_owned(),
         };
-        let value = serde_json::to_value(&env).map_err(StoreError::encode)?;
-        let hash = envelope_hash(&value).map_err(StoreError::encode)?;
-        env.hash = hex::encode(hash);
+        env.hash = hex::encode(env.chain_hash().map_err(StoreError::encode)?);
         head.seq = env.seq;
         head.hash.clone_from(&env.hash);
         Ok(env)

@@ -254,6 +254,14 @@ proptest! {
         prop_assert_eq!(back, ReplayEvent::from(env));
     }
 
+    /// The writer's direct canonical writer hashes exactly as the general one does on the
+    /// envelope's JSON (which the audit uses): any difference would break the chain.
+    #[test]
+    fn chain_hash_equals_the_hash_of_the_envelope_json(env in envelope()) {
+        let reference = envelope_hash(&serde_json::to_value(&env).unwrap()).unwrap();
+        prop_assert_eq!(env.chain_hash().unwrap(), reference);
+    }
+
     #[test]
     fn envelopes_round_trip_with_a_stable_hash(env in envelope()) {
         let bytes = serde_json::to_vec(&env).unwrap();

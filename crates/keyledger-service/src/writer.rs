@@ -19,7 +19,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub entry: Arc<KeyEntry>,
-    pub events: Vec<Envelope>,
+    /// Shared with the live event feed: each committed envelope is allocated once.
+    pub events: Vec<Arc<Envelope>>,
     /// The result of an earlier command with the same `Idempotency-Key`; nothing was appended.
     pub replayed: bool,
 }
@@ -65,6 +66,16 @@ pub struct BatchStats {
 }
 
 pub type BatchObserver = Arc<dyn Fn(BatchStats) + Send + Sync>;
+
+/// An append's result with its envelopes behind `Arc`s, shared by the reply and the feed.
+type SharedResult = Result<Vec<Arc<Envelope>>, AppendError>;
+
+fn shared(results: Vec<keyledger_store::AppendResult>) -> Vec<SharedResult> {
+    results
+        .into_iter()
+        .map(|r| r.map(|events| events.into_iter().map(Arc::new).collect()))
+        .collect()
+}
 
 fn unavailable() -> ServiceError {
     ServiceError::Unavailable("storage is unavailable; nothing was written, retry later".into())
@@ -205,7 +216,7 @@ impl Writer {
             Vec::new()
         } else {
             match self.log.append_batch(&requests, &mut KeyTableProjector) {
-                Ok(r) => r,
+                Ok(r) => shared(r),
                 Err(e) => {
                     tracing::error!(error = %e, commands = pending.len(), "commit failed; nothing of this batch was written");
                     for p in pending {
@@ -218,7 +229,7 @@ impl Writer {
                 }
             }
         };
-        let committed: Vec<&Envelope> = results.iter().flatten().flatten().collect();
+        let committed: Vec<&Arc<Envelope>> = results.iter().flatten().flatten().collect();
         if !committed.is_empty() {
             let mut model = self.model.write();
             for env in &committed {
@@ -226,7 +237,7 @@ impl Writer {
             }
         }
         for env in &committed {
-            let _ = self.events.send(Arc::new((*env).clone()));
+            let _ = self.events.send(Arc::clone(env));
         }
         if let Some(observe) = &self.observer {
             observe(BatchStats {
@@ -250,7 +261,7 @@ impl Writer {
         &self,
         p: &Pending,
         all: &[Pending],
-        results: &[keyledger_store::AppendResult],
+        results: &[SharedResult],
         model: &ReadModel,
     ) -> Result<Committed, ServiceError> {
         let current = |id: &Uuid| model.get(id).cloned().ok_or(ServiceError::NotFound);

@@ -493,22 +493,24 @@ impl Service {
         let Some(m) = model.by_hash(&hash) else {
             return not_found;
         };
-        let s = &m.entry.state;
-        let code = if s.is_deleted() {
+        // The entry's own copies of the state's fields: fewer cache lines than `state`.
+        let e = &m.entry;
+        let code = if e.is_deleted() {
             VerifyCode::Revoked
         } else if m.previous
-            && s.previous
+            && e.state
+                .previous
                 .as_ref()
                 .is_none_or(|p| p.secret_hash != hash || p.until <= now)
         {
             return not_found;
-        } else if !s.enabled {
+        } else if !e.is_enabled() {
             VerifyCode::Disabled
-        } else if s.is_expired_at(now) {
+        } else if e.is_expired_at(now) {
             VerifyCode::Expired
-        } else if !s.allows_ip(ip) {
+        } else if !e.allows_ip(ip) {
             VerifyCode::ForbiddenIp
-        } else if !required_scopes.iter().all(|r| s.has_scope(r)) {
+        } else if !required_scopes.iter().all(|r| e.state.has_scope(r)) {
             VerifyCode::InsufficientScopes
         } else {
             model.touch(&m.entry, now.millis());

@@ -4,9 +4,11 @@
 //! - **Publish rate:** the real publisher ([`keyledger_nats::spawn_publisher`]) draining the
 //!   data set's log, which it has never published: events acknowledged per second.
 //! - **Ceiling:** raw JetStream publishes of as many messages, cycling through the data set's
-//!   first 4,096 events (same subjects, payloads and header set, a stream configured as
-//!   keyledger's, the same window of 1,024 unacknowledged publishes), with nothing of
-//!   keyledger in the loop. Both are timed from before they connect.
+//!   first 4,096 events (same payloads and header set, a stream configured as keyledger's, the
+//!   same window of 1,024 unacknowledged publishes), with nothing of keyledger in the loop.
+//!   Their subjects take a new key id every three messages, as the data set's events do, so
+//!   that the server tracks as many subjects as for the drain. Both are timed from before
+//!   they connect.
 //! - **Commit→ack lag:** a fresh service taking creates at a fixed rate (in-process, so the
 //!   HTTP stack does not compete) on a fresh `nats-server`, each event's lag from its commit
 //!   (the writer's broadcast) to the stream's acknowledgement (the outbox's ack hook).
@@ -98,6 +100,8 @@ async fn raw_publish(url: &str, service: &Service, count: u64) -> anyhow::Result
         for _ in 0..WINDOW.min((count - sent) as usize) {
             let (subject, payload, seq, hash, signature) =
                 &messages[sent as usize % messages.len()];
+            // The stream keeps state per subject, and the drain's subjects are one per key.
+            let subject = with_key_id(subject, uuid::Uuid::from_u64_pair(0, sent / 3));
             // Header names parsed once and one allocation per value, as the publisher does.
             let mut h = HeaderMap::new();
             h.insert(NATS_MESSAGE_ID, HeaderValue::from(format!("raw-{sent}")));
@@ -108,10 +112,7 @@ async fn raw_publish(url: &str, service: &Service, count: u64) -> anyhow::Result
             h.insert(SEQ, HeaderValue::from(seq.clone()));
             h.insert(HASH, HeaderValue::from(hash.clone()));
             h.insert(SIGNATURE, HeaderValue::from(signature.clone()));
-            acks.push(
-                js.publish_with_headers(subject.clone(), h, payload.clone())
-                    .await?,
-            );
+            acks.push(js.publish_with_headers(subject, h, payload.clone()).await?);
             sent += 1;
         }
         for ack in acks {
@@ -122,6 +123,15 @@ async fn raw_publish(url: &str, service: &Service, count: u64) -> anyhow::Result
 }
 
 type Message = (String, bytes::Bytes, String, String, String);
+
+/// `subject` (`bench.keyledger.keys.<account>.<key id>.<type>`) with another key id.
+fn with_key_id(subject: &str, key_id: uuid::Uuid) -> String {
+    let mut dots = subject.match_indices('.').map(|(i, _)| i);
+    match (dots.nth(3), dots.next()) {
+        (Some(a), Some(b)) => format!("{}{key_id}{}", &subject[..=a], &subject[b..]),
+        _ => subject.to_owned(),
+    }
+}
 
 /// The data set's first events as raw publishes (subject, payload, seq, hash, signature), read
 /// as the publisher reads them ([`keyledger_store::Log::read_raw`]): the stored bytes as payload.
@@ -237,4 +247,16 @@ async fn lag(url: &str, dir: &Path, duration: Duration) -> anyhow::Result<(Laten
     }
     service.shutdown();
     Ok((lat, rate, missing))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn with_key_id_replaces_only_the_key_id_segment() {
+        let id = uuid::Uuid::from_u64_pair(0, 7);
+        assert_eq!(
+            super::with_key_id("bench.keyledger.keys.acct.0192-old.created", id),
+            format!("bench.keyledger.keys.acct.{id}.created")
+        );
+    }
 }

@@ -71,6 +71,9 @@ fn seal(c: &mut Criterion) {
     g.bench_function("to_value + canonical + sha256", |b| {
         b.iter(|| envelope_hash(&serde_json::to_value(black_box(&env)).unwrap()).unwrap())
     });
+    g.bench_function("chain_hash (the writer's path)", |b| {
+        b.iter(|| black_box(&env).chain_hash().unwrap())
+    });
     g.bench_function("ed25519 sign", |b| b.iter(|| keys.sign(black_box(&hash))));
     // A writer's chunk: eight signatures one by one against one `sign_all` (shared inversion).
     let chunk = [hash; 8];

@@ -295,42 +295,40 @@ impl Envelope {
     }
 
     /// [`envelope_hash`] of this envelope's JSON, on the writer's path: the members are written
-    /// in canonical order directly, and only `data`, whose members vary, goes through a tree.
+    /// in canonical order directly, and `data` is serialized straight to its canonical form.
     pub fn chain_hash(&self) -> Result<[u8; 32], serde_json::Error> {
-        use crate::canonical::write_canonical;
-        let data = serde_json::to_value(Data(&self.event))?;
+        use crate::canonical::write_serialize;
         let mut out = Vec::with_capacity(512);
         // RFC 8785 order: the names are ASCII, so UTF-16 order is byte order.
         text_member(&mut out, "{\"account\":", self.account.as_str())?;
         text_member(&mut out, ",\"actor\":", self.actor.as_str())?;
         out.extend_from_slice(b",\"data\":");
-        write_canonical(&data, &mut out)?;
+        write_serialize(&Data(&self.event), &mut out)?;
         text_member(&mut out, ",\"id\":", &self.id)?;
         text_member(&mut out, ",\"key_id\":", &self.key_id)?;
         text_member(&mut out, ",\"occurred_at\":", &self.occurred_at)?;
         text_member(&mut out, ",\"prev_hash\":", self.prev_hash.as_str())?;
         out.extend_from_slice(b",\"schema\":");
-        write_canonical(&Value::from(self.schema), &mut out)?;
+        write_serialize(&self.schema, &mut out)?;
         out.extend_from_slice(b",\"seq\":");
-        write_canonical(&Value::from(self.seq), &mut out)?;
+        write_serialize(&self.seq, &mut out)?;
         text_member(&mut out, ",\"signer\":", self.signer.as_str())?;
         text_member(&mut out, ",\"type\":", self.event.type_name())?;
         out.extend_from_slice(b",\"version\":");
-        write_canonical(&Value::from(self.version), &mut out)?;
+        write_serialize(&self.version, &mut out)?;
         out.push(b'}');
         Ok(Sha256::digest(&out).into())
     }
 }
 
-/// Appends `prefix` and `value`, which must serialize as one JSON string: serde_json's escaping
-/// of a string is its canonical form.
+/// Appends `prefix` and the canonical form of `value`.
 fn text_member<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     prefix: &str,
     value: &T,
 ) -> Result<(), serde_json::Error> {
     out.extend_from_slice(prefix.as_bytes());
-    serde_json::to_writer(out, value)
+    crate::canonical::write_serialize(value, out)
 }
 
 /// The RFC 8785 (JCS) bytes of an envelope given as JSON, without `hash` and `signature`.

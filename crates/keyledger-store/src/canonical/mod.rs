@@ -1,13 +1,39 @@
-//! RFC 8785 (JSON Canonicalization Scheme) serialization of a `serde_json::Value`.
+//! RFC 8785 (JSON Canonicalization Scheme) serialization of a `serde_json::Value`
+//! ([`write_canonical`]), or straight from a `Serialize` value ([`write_serialize`]).
 //!
 //! The hash of every event is taken over these bytes, on the writer's hot path. A general JCS
 //! crate (`serde_json_canonicalizer`, kept as the reference in the tests) spends most of its
 //! time comparing member names through freshly allocated UTF-16 buffers; here names are compared
-//! as UTF-16 code units without allocating, strings are escaped by serde_json (whose escaping
+//! byte-wise with the one correction UTF-16 order needs, strings are escaped by serde_json (whose escaping
 //! equals JCS's), safe integers are written directly, and only other numbers go through the
 //! reference crate for their ECMAScript form.
 
+mod serializer;
+
+pub use serializer::write_serialize;
+
 use serde_json::Value;
+use std::cmp::Ordering;
+
+/// RFC 8785 §3.2.3: member names compare as UTF-16 code units. UTF-8 bytes compare as code
+/// points, which is the same order but for one case. At the first differing byte both strings
+/// are at the same place in a character (all bytes before are equal): two continuation bytes
+/// of characters with one lead byte, which order alike either way, or two lead bytes. Among
+/// lead bytes, a character of U+E000–U+FFFF (lead 0xEE or 0xEF) sorts after one beyond the
+/// BMP (lead 0xF0 and up) in UTF-16, whose surrogates are D800–DFFF.
+fn utf16_order(a: &str, b: &str) -> Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let Some(i) = a.iter().zip(b).position(|(x, y)| x != y) else {
+        return a.len().cmp(&b.len());
+    };
+    let high_bmp = |x: u8| x == 0xEE || x == 0xEF;
+    let (x, y) = (a[i], b[i]);
+    if (high_bmp(x) && y >= 0xF0) || (x >= 0xF0 && high_bmp(y)) {
+        y.cmp(&x)
+    } else {
+        x.cmp(&y)
+    }
+}
 
 /// Appends the canonical form of `v` to `out`.
 pub fn write_canonical(v: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
@@ -51,8 +77,7 @@ pub fn write_object(
         .iter()
         .filter(|(k, _)| !skip.contains(&k.as_str()))
         .collect();
-    // Names compare as UTF-16 code units (RFC 8785 §3.2.3), not as UTF-8 bytes.
-    members.sort_unstable_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    members.sort_unstable_by(|a, b| utf16_order(a.0, b.0));
     out.push(b'{');
     for (i, (name, value)) in members.into_iter().enumerate() {
         if i > 0 {
@@ -98,6 +123,24 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// The byte-wise comparison orders names as their UTF-16 code units do.
+        #[test]
+        fn names_order_as_utf16_code_units(
+            a in "[a-z\\u{7f}-\\u{800}\\u{d7ff}\\u{e000}-\\u{e002}\\u{fffd}\\u{10000}\\u{1f600}]{0,4}",
+            b in "[a-z\\u{7f}-\\u{800}\\u{d7ff}\\u{e000}-\\u{e002}\\u{fffd}\\u{10000}\\u{1f600}]{0,4}",
+        ) {
+            prop_assert_eq!(utf16_order(&a, &b), a.encode_utf16().cmp(b.encode_utf16()));
+        }
+
+        /// Straight from `Serialize`, the bytes are those of the tree's.
+        #[test]
+        fn serializing_directly_equals_writing_the_tree(v in value()) {
+            let (mut tree, mut direct) = (Vec::new(), Vec::new());
+            write_canonical(&v, &mut tree).unwrap();
+            write_serialize(&v, &mut direct).unwrap();
+            prop_assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(tree).unwrap());
+        }
 
         /// The fast writer produces exactly the reference crate's bytes.
         #[test]

@@ -86,6 +86,9 @@ fn seal(c: &mut Criterion) {
     g.bench_function("stored JSON (to_vec)", |b| {
         b.iter(|| serde_json::to_vec(black_box(&env)).unwrap())
     });
+    g.bench_function("stored JSON (to_json, the writer's path)", |b| {
+        b.iter(|| black_box(&env).to_json().unwrap())
+    });
     g.bench_function("seal: hash + sign + to_vec", |b| {
         b.iter(|| {
             let h = envelope_hash(&serde_json::to_value(black_box(&env)).unwrap()).unwrap();

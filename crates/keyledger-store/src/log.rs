@@ -484,7 +484,7 @@ impl Log {
             .zip(signatures)
             .map(|(env, signature)| {
                 env.signature = signature;
-                serde_json::to_vec(&**env).map_err(StoreError::encode)
+                env.to_json().map_err(StoreError::encode)
             })
             .collect()
     }

@@ -262,6 +262,16 @@ proptest! {
         prop_assert_eq!(env.chain_hash().unwrap(), reference);
     }
 
+    /// The writer's stored JSON is serde_json's, byte for byte: readers, exports and NATS
+    /// payloads see the same text as before it was written by hand.
+    #[test]
+    fn stored_json_equals_serde_json(env in envelope()) {
+        prop_assert_eq!(
+            String::from_utf8(env.to_json().unwrap()).unwrap(),
+            serde_json::to_string(&env).unwrap()
+        );
+    }
+
     #[test]
     fn envelopes_round_trip_with_a_stable_hash(env in envelope()) {
         let bytes = serde_json::to_vec(&env).unwrap();

@@ -47,8 +47,8 @@ fn signed(out: &mut Vec<u8>, v: i64) -> Result<(), Error> {
 }
 
 /// serde_json's escaping of a string is its canonical form. Most strings here (ids, hashes,
-/// timestamps, names) have nothing to escape and are copied as they are; the check reads 16
-/// bytes at a time without branching, which compiles to vector compares.
+/// timestamps, names) have nothing to escape and are copied as they are; the check folds 16
+/// bytes at a time without a branch per byte, so that the compiler can use vector compares.
 fn text(out: &mut Vec<u8>, s: &str) -> Result<(), Error> {
     let escaped = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
     let mut chunks = s.as_bytes().chunks_exact(16);

@@ -6,16 +6,11 @@
 //! applied to `serde_json::to_value(value)` (a property test pins this), including the
 //! handling of numbers that are not safe integers, which go through the same path.
 
-use super::{utf16_order, write_canonical};
+use super::{utf16_order, write_canonical, write_str};
 use serde::ser::{self, Serialize};
 use serde_json::{Error, Value};
 use std::borrow::Cow;
-use std::io::Write as _;
 use std::ops::Range;
-
-/// Integers up to 2^53 - 1 in magnitude are written as they are; others take the ECMAScript
-/// number form, as `write_canonical` gives them.
-const SAFE: u64 = (1 << 53) - 1;
 
 /// The struct name under which serde_json's `RawValue` serializes its text, as its one member
 /// (serde_json's own `to_value` recognizes it the same way).
@@ -30,40 +25,10 @@ struct Canon<'a> {
     out: &'a mut Vec<u8>,
 }
 
-fn unsigned(out: &mut Vec<u8>, v: u64) -> Result<(), Error> {
-    if v <= SAFE {
-        write!(out, "{v}").map_err(Error::io)
-    } else {
-        write_canonical(&Value::from(v), out)
-    }
-}
-
-fn signed(out: &mut Vec<u8>, v: i64) -> Result<(), Error> {
-    if v.unsigned_abs() <= SAFE {
-        write!(out, "{v}").map_err(Error::io)
-    } else {
-        write_canonical(&Value::from(v), out)
-    }
-}
-
-/// serde_json's escaping of a string is its canonical form. Most strings here (ids, hashes,
-/// timestamps, names) have nothing to escape and are copied as they are; the check folds 16
-/// bytes at a time without a branch per byte, so that the compiler can use vector compares.
-fn text(out: &mut Vec<u8>, s: &str) -> Result<(), Error> {
-    let escaped = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
-    let mut chunks = s.as_bytes().chunks_exact(16);
-    let plain = chunks
-        .by_ref()
-        .all(|chunk| !chunk.iter().fold(false, |any, &b| any | escaped(b)))
-        && !chunks.remainder().iter().any(|&b| escaped(b));
-    if !plain {
-        return serde_json::to_writer(out, s);
-    }
-    out.reserve(s.len() + 2);
-    out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
-    out.push(b'"');
-    Ok(())
+/// A number, as `write_canonical` writes it: safe integers as they are, others in their
+/// ECMAScript form.
+fn number(out: &mut Vec<u8>, v: impl Into<Value>) -> Result<(), Error> {
+    write_canonical(&v.into(), out)
 }
 
 fn out_of_range() -> Error {
@@ -87,53 +52,53 @@ impl<'a> ser::Serializer for Canon<'a> {
         Ok(())
     }
     fn serialize_i8(self, v: i8) -> Result<(), Error> {
-        signed(self.out, v.into())
+        number(self.out, v)
     }
     fn serialize_i16(self, v: i16) -> Result<(), Error> {
-        signed(self.out, v.into())
+        number(self.out, v)
     }
     fn serialize_i32(self, v: i32) -> Result<(), Error> {
-        signed(self.out, v.into())
+        number(self.out, v)
     }
     fn serialize_i64(self, v: i64) -> Result<(), Error> {
-        signed(self.out, v)
+        number(self.out, v)
     }
     fn serialize_i128(self, v: i128) -> Result<(), Error> {
         // As serde_json's `to_value`: any 64-bit integer, else an error.
         match (i64::try_from(v), u64::try_from(v)) {
-            (Ok(i), _) => signed(self.out, i),
-            (_, Ok(u)) => unsigned(self.out, u),
+            (Ok(i), _) => number(self.out, i),
+            (_, Ok(u)) => number(self.out, u),
             _ => Err(out_of_range()),
         }
     }
     fn serialize_u8(self, v: u8) -> Result<(), Error> {
-        unsigned(self.out, v.into())
+        number(self.out, v)
     }
     fn serialize_u16(self, v: u16) -> Result<(), Error> {
-        unsigned(self.out, v.into())
+        number(self.out, v)
     }
     fn serialize_u32(self, v: u32) -> Result<(), Error> {
-        unsigned(self.out, v.into())
+        number(self.out, v)
     }
     fn serialize_u64(self, v: u64) -> Result<(), Error> {
-        unsigned(self.out, v)
+        number(self.out, v)
     }
     fn serialize_u128(self, v: u128) -> Result<(), Error> {
         u64::try_from(v)
             .map_err(|_| out_of_range())
-            .and_then(|u| unsigned(self.out, u))
+            .and_then(|u| number(self.out, u))
     }
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
-        write_canonical(&Value::from(v), self.out)
+        number(self.out, v)
     }
     fn serialize_f64(self, v: f64) -> Result<(), Error> {
-        write_canonical(&Value::from(v), self.out)
+        number(self.out, v)
     }
     fn serialize_char(self, v: char) -> Result<(), Error> {
-        text(self.out, v.encode_utf8(&mut [0; 4]))
+        write_str(v.encode_utf8(&mut [0; 4]), self.out)
     }
     fn serialize_str(self, v: &str) -> Result<(), Error> {
-        text(self.out, v)
+        write_str(v, self.out)
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
         // serde_json writes bytes as an array of numbers.
@@ -162,7 +127,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         _: u32,
         variant: &'static str,
     ) -> Result<(), Error> {
-        text(self.out, variant)
+        write_str(variant, self.out)
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
@@ -232,7 +197,7 @@ impl<'a> ser::Serializer for Canon<'a> {
 /// An enum variant with data is `{"<variant>":<data>}`, a one-member object.
 fn open_variant(out: &mut Vec<u8>, variant: &str) -> Result<(), Error> {
     out.push(b'{');
-    text(out, variant)?;
+    write_str(variant, out)?;
     out.push(b':');
     Ok(())
 }
@@ -262,49 +227,29 @@ impl Array<'_> {
     }
 }
 
-impl ser::SerializeSeq for Array<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
+/// The four array-like serde traits, each forwarding to [`Array::element`] and
+/// [`Array::close`].
+macro_rules! array_like {
+    ($($trait:ident::$method:ident),*) => {$(
+        impl ser::$trait for Array<'_> {
+            type Ok = ();
+            type Error = Error;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), Error> {
+                self.close()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Array<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for Array<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleVariant for Array<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
+array_like!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 /// An object's members so far: each name with where its value lies in `values`.
 struct Object<'a> {
@@ -366,7 +311,7 @@ impl<'a> Object<'a> {
                 self.out.push(b',');
             }
             first = false;
-            text(self.out, name)?;
+            write_str(name, self.out)?;
             self.out.push(b':');
             self.out.extend_from_slice(&self.values[range.clone()]);
         }

@@ -50,6 +50,23 @@ impl PublisherConfig {
     }
 }
 
+/// `url` (one server or a comma-separated list) with any credentials replaced by `***`, for
+/// logs: `nats://user:pass@host:4222` and `nats://token@host` carry secrets.
+pub fn redacted_url(url: &str) -> String {
+    url.split(',')
+        .map(|server| {
+            let host_from = server.find("://").map_or(0, |i| i + 3);
+            match server.rfind('@') {
+                Some(at) if at >= host_from => {
+                    format!("{}***{}", &server[..host_from], &server[at..])
+                }
+                _ => server.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
     #[error("connecting to NATS: {0}")]
@@ -183,7 +200,12 @@ async fn session(
             "publishing to NATS resumed"
         );
     } else {
-        tracing::info!(from_seq = published + 1, backlog, url = %config.url, "publishing to NATS");
+        tracing::info!(
+            from_seq = published + 1,
+            backlog,
+            url = %redacted_url(&config.url),
+            "publishing to NATS"
+        );
     }
     let mut live = service.subscribe();
     // The next window, read while the current one is being acknowledged.
@@ -398,4 +420,27 @@ pub async fn tail(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn logged_urls_carry_no_credentials() {
+        assert_eq!(
+            redacted_url("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        assert_eq!(
+            redacted_url("nats://user:s3cret@nats.internal:4222"),
+            "nats://***@nats.internal:4222"
+        );
+        assert_eq!(redacted_url("tls://t0ken@host"), "tls://***@host");
+        assert_eq!(redacted_url("u:p@host:4222"), "***@host:4222");
+        assert_eq!(
+            redacted_url("nats://a:b@one:4222,nats://two:4222,c:d@three"),
+            "nats://***@one:4222,nats://two:4222,***@three"
+        );
+    }
 }

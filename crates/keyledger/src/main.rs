@@ -63,7 +63,7 @@ enum Command {
         #[arg(long, env = "KEYLEDGER_BOOTSTRAP_KEY", hide_env_values = true)]
         bootstrap_key: Option<String>,
         /// Publish every event to this NATS server's JetStream (stream `KEYLEDGER`).
-        #[arg(long, env = "KEYLEDGER_NATS_URL")]
+        #[arg(long, env = "KEYLEDGER_NATS_URL", hide_env_values = true)]
         nats_url: Option<String>,
         /// Serve HTTPS: PEM certificate chain (with --tls-key).
         #[arg(long, env = "KEYLEDGER_TLS_CERT", requires = "tls_key")]

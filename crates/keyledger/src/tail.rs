@@ -13,6 +13,7 @@ pub struct Options {
     #[arg(
         long,
         env = "KEYLEDGER_NATS_URL",
+        hide_env_values = true,
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,

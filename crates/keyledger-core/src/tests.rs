@@ -70,6 +70,18 @@ fn create_on_empty_stream_emits_created_with_hash_not_plaintext() {
 }
 
 #[test]
+fn a_scope_is_measured_in_characters_as_names_are() {
+    let ok = crate::validate::scopes(&["é".repeat(128)]).unwrap();
+    assert_eq!(ok[0].chars().count(), 128);
+    assert_eq!(
+        crate::validate::scopes(&["é".repeat(129)])
+            .unwrap_err()
+            .to_string(),
+        "scopes[0]: 1 to 128 characters"
+    );
+}
+
+#[test]
 fn create_on_existing_stream_is_refused() {
     let state = given(&[Action::Create(new_key())]);
     assert_eq!(

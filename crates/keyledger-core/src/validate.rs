@@ -77,7 +77,7 @@ pub fn scopes(values: &[String]) -> Result<Vec<String>, DomainError> {
     let mut out: Vec<String> = Vec::with_capacity(values.len());
     for (i, s) in values.iter().enumerate() {
         let field = format!("scopes[{i}]");
-        if s.is_empty() || s.len() > MAX_SCOPE {
+        if s.is_empty() || s.chars().count() > MAX_SCOPE {
             return Err(invalid(field, format!("1 to {MAX_SCOPE} characters")));
         }
         if s.chars().any(|c| c.is_whitespace() || c.is_control()) {

@@ -302,3 +302,23 @@ async fn malformed_bootstrap_key_refuses_to_start() {
     let err = keyledger::start(opts).await.err().expect("start must fail");
     assert!(!err.to_string().contains("kl_not-a-real-key"), "{err:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_bootstrap_key_is_ignored_once_the_log_has_events() {
+    // README: the bootstrap key is "ignored once the log has events"; a stale value left in
+    // the environment must not keep the service from starting.
+    let mut h = Harness::start().await;
+    h.stop().await;
+    let mut opts = keyledger::ServeOptions::new(h.data_dir());
+    opts.listen = "127.0.0.1:0".parse().unwrap();
+    opts.bootstrap_key = Some("kl_not-a-real-key".into());
+    let server = keyledger::start(opts).await.expect("the service starts");
+    let me = reqwest::Client::new()
+        .get(format!("http://{}/v1/me", server.addr))
+        .bearer_auth(&h.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200, "the first admin key still works");
+    server.shutdown().await;
+}

@@ -115,9 +115,12 @@ pub async fn start_with(
     metrics: Arc<Metrics>,
     opts: ServeOptions,
 ) -> anyhow::Result<Server> {
+    // Only an empty log takes the preset: once it has events, a stale or mistyped value left
+    // in the environment must not keep the service from starting.
     let preset = opts
         .bootstrap_key
         .as_deref()
+        .filter(|_| service.head() == 0)
         .map(|k| Secret::parse(k.trim()))
         .transpose()
         .map_err(|e| {

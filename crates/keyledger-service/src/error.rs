@@ -29,6 +29,15 @@ pub enum ServiceError {
     Unavailable(String),
 }
 
+impl ServiceError {
+    /// A storage read failed (503). The cause goes to the log; the caller gets a fixed message,
+    /// as for a failed commit: no paths, no internals.
+    pub(crate) fn storage(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "storage read failed");
+        Self::Unavailable("storage is unavailable; retry later".into())
+    }
+}
+
 impl From<DomainError> for ServiceError {
     fn from(e: DomainError) -> Self {
         match e {
@@ -52,4 +61,18 @@ pub enum AuthError {
     Missing,
     #[error("invalid API key ({0})")]
     Invalid(crate::VerifyCode),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceError;
+
+    #[test]
+    fn a_failed_storage_read_answers_without_its_internals() {
+        let e = ServiceError::storage("I/O error: /var/lib/keyledger/keyledger.redb (os error 5)");
+        assert_eq!(
+            e,
+            ServiceError::Unavailable("storage is unavailable; retry later".into())
+        );
+    }
 }

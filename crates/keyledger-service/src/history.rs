@@ -93,7 +93,7 @@ impl Service {
                 }
                 Ok(out.len() < q.limit && scanned < MAX_SCAN)
             })
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+            .map_err(ServiceError::storage)?;
         Ok((out, next_after))
     }
 
@@ -101,9 +101,7 @@ impl Service {
     pub fn key_events(&self, actor: &Actor, id: Uuid) -> Result<Vec<Envelope>, ServiceError> {
         actor.require(SCOPE_EVENTS)?;
         self.visible_any(actor, id)?;
-        self.log()
-            .stream(id)
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))
+        self.log().stream(id).map_err(ServiceError::storage)
     }
 
     /// The key as it was at `as_of` (also for keys revoked since). 404 before its creation.
@@ -115,10 +113,7 @@ impl Service {
     ) -> Result<KeyState, ServiceError> {
         actor.require(SCOPE_READ)?;
         self.visible_any(actor, id)?;
-        let events = self
-            .log()
-            .stream(id)
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let events = self.log().stream(id).map_err(ServiceError::storage)?;
         fold_until(&events, as_of).ok_or(ServiceError::NotFound)
     }
 

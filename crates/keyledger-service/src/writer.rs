@@ -295,10 +295,7 @@ impl Writer {
                 let entry = if entry.state.version == *version {
                     entry
                 } else {
-                    let events = self
-                        .log
-                        .stream(*key_id)
-                        .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+                    let events = self.log.stream(*key_id).map_err(ServiceError::storage)?;
                     let state = events
                         .iter()
                         .take_while(|e| e.version <= *version)
@@ -341,7 +338,7 @@ impl Writer {
         let record = self
             .log
             .idempotency(scoped)
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+            .map_err(ServiceError::storage)?;
         match record {
             Some(r) if r.at.plus_seconds(IDEMPOTENCY_TTL_SECONDS) > now => {
                 if r.fingerprint == fp {

@@ -167,3 +167,49 @@ async fn public_endpoints_need_no_key() {
         assert_eq!(s, 200, "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_query_parameter_is_400_on_every_api_endpoint_and_changes_nothing() {
+    let h = Harness::start().await;
+    let (target, secret) = h.create_key(json!({ "name": "target" })).await;
+    let id = id_of(&target);
+    let head = |h: &Harness| {
+        let r = h.request(Method::GET, "/readyz").send();
+        async move { r.await.unwrap().json::<Value>().await.unwrap()["log_head"].clone() }
+    };
+    let before = (h.get_key(&id).await, head(&h).await);
+    let mut eps = endpoints();
+    eps.push(Endpoint {
+        method: Method::GET,
+        path: "/v1/me",
+        scope: "",
+        body: None,
+    });
+    eps.push(Endpoint {
+        method: Method::GET,
+        path: "/v1/signing-key",
+        scope: "",
+        body: None,
+    });
+    for ep in eps {
+        let path = ep.path.replace("{id}", &id);
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let err = h
+            .send(
+                ep.method.clone(),
+                &format!("{path}{sep}grace_seconds=3600"),
+                &h.admin,
+                ep.body.as_ref(),
+            )
+            .await
+            .expect_error(400, "validation_failed");
+        assert!(
+            err["message"].as_str().unwrap().contains("grace_seconds"),
+            "{} {path}: {err}",
+            ep.method
+        );
+    }
+    // Nothing was written: no rotation without its grace period, no deletion, no new key.
+    assert_eq!((h.get_key(&id).await, head(&h).await), before);
+    assert_eq!(h.verify_code(&secret).await, "VALID");
+}

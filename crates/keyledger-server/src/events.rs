@@ -2,7 +2,7 @@
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Auth, QueryParams};
+use crate::extract::{Auth, NoQuery, QueryParams};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -108,6 +108,7 @@ pub async fn key_events(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
+    _: NoQuery,
 ) -> Result<Json<KeyEvents>, ApiError> {
     let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::not_found())?;
     Ok(Json(KeyEvents {

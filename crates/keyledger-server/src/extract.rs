@@ -226,6 +226,25 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
     }
 }
 
+/// For API endpoints that take no query parameters: any parameter (but the `apikey`
+/// credential) is a 400 naming it, never silently dropped (`reset?grace_seconds=3600` must not
+/// rotate without a grace period).
+pub struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        match form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k != "apikey") {
+            None => Ok(NoQuery),
+            Some((name, _)) => Err(ApiError::validation(format!(
+                "unknown query parameter `{name}`: this endpoint takes none"
+            ))),
+        }
+    }
+}
+
 /// `If-Match: "<version>"` (also accepted unquoted or weak `W/"n"`); `*` means any.
 pub struct IfMatch(pub Option<u64>);
 

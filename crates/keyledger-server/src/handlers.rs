@@ -3,7 +3,7 @@
 use crate::AppState;
 use crate::dto::*;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Auth, IdempotencyKey, IfMatch, JsonBody, QueryParams};
+use crate::extract::{Auth, IdempotencyKey, IfMatch, JsonBody, NoQuery, QueryParams};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -52,6 +52,7 @@ fn with_etag<T: Serialize>(version: u64, body: T) -> impl IntoResponse {
 pub async fn create_key(
     State(st): State<AppState>,
     auth: Auth,
+    _: NoQuery,
     JsonBody(req, idem): JsonBody<CreateKeyRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (committed, secret) = st.service.create(&auth.actor(), req.into(), idem).await?;
@@ -210,6 +211,7 @@ pub async fn update_key(
     auth: Auth,
     Path(id): Path<String>,
     IfMatch(if_version): IfMatch,
+    _: NoQuery,
     JsonBody(req, idem): JsonBody<UpdateKeyRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let c = st
@@ -236,6 +238,7 @@ pub async fn reset_key(
     auth: Auth,
     Path(id): Path<String>,
     IfMatch(if_version): IfMatch,
+    _: NoQuery,
     JsonBody(req, idem): JsonBody<ResetKeyRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (c, secret) = st
@@ -273,6 +276,7 @@ pub async fn delete_key(
     auth: Auth,
     Path(id): Path<String>,
     IfMatch(if_version): IfMatch,
+    _: NoQuery,
     IdempotencyKey(idem): IdempotencyKey,
 ) -> Result<impl IntoResponse, ApiError> {
     let c = st
@@ -286,7 +290,7 @@ pub async fn delete_key(
 #[utoipa::path(get, path = "/v1/me", tag = "keys",
     responses((status = 200, body = KeyResource), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn me(auth: Auth) -> impl IntoResponse {
+pub async fn me(auth: Auth, _: NoQuery) -> impl IntoResponse {
     with_etag(auth.entry.state.version, KeyResource::from(&*auth.entry))
 }
 
@@ -299,6 +303,7 @@ pub async fn me(auth: Auth) -> impl IntoResponse {
 pub async fn verify(
     State(st): State<AppState>,
     auth: Auth,
+    _: NoQuery,
     JsonBody(req, _): JsonBody<VerifyRequest>,
 ) -> Result<Response, ApiError> {
     auth.caller.require(SCOPE_VERIFY)?;
@@ -328,7 +333,7 @@ pub async fn verify(
 /// The public keys that sign the event log.
 #[utoipa::path(get, path = "/v1/signing-key", tag = "events",
     responses((status = 200, body = SigningKeys)))]
-pub async fn signing_key(State(st): State<AppState>) -> Json<SigningKeys> {
+pub async fn signing_key(State(st): State<AppState>, _: NoQuery) -> Json<SigningKeys> {
     Json(SigningKeys {
         keys: st
             .service

@@ -197,6 +197,26 @@ async fn non_admin_verifier_does_not_see_other_accounts_keys() {
     assert_eq!(v["code"], "NOT_FOUND", "{v}");
     assert_eq!(v["valid"], false);
     assert_ne!(v["key_id"], globex_key["id"]);
+    // Nor is the other account's key stamped as used: once a VALID verification made after
+    // that one shows, the globex key still has no `last_used_at`.
+    let acme_id = h
+        .post("/v1/verify", &acme_verifier, &json!({ "key": acme_target }))
+        .await
+        .expect(200)
+        .json()["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually("the acme key's last_used_at", secs(5), async || {
+        h.get_key(&acme_id).await["last_used_at"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        h.get_key(&id_of(&globex_key)).await["last_used_at"],
+        Value::Null
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

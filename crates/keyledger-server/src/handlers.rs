@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use keyledger_service::{AsOf, Cursor, ListQuery, SCOPE_VERIFY, SortField, SortValue, VerifyCode};
+use keyledger_service::{AsOf, Cursor, ListQuery, SCOPE_VERIFY, SortField, SortValue};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use uuid::Uuid;
@@ -313,18 +313,14 @@ pub async fn verify(
         .map(|s| s.trim().parse::<IpAddr>())
         .transpose()
         .map_err(|_| ApiError::validation("ip: not an IP address"))?;
-    let mut v = st
-        .service
-        .verify(&req.key, &req.scopes, ip, keyledger_service::now());
-    // Another account's key is as absent to a non-admin verifier.
-    if v.entry
-        .as_ref()
-        .is_some_and(|e| !auth.caller.sees(&e.state))
-    {
-        v.code = VerifyCode::NotFound;
-        v.entry = None;
-        v.rotating = false;
-    }
+    // Another account's key is as absent to a non-admin verifier (and not stamped as used).
+    let v = st.service.verify_for(
+        &auth.caller,
+        &req.key,
+        &req.scopes,
+        ip,
+        keyledger_service::now(),
+    );
     st.metrics.verify_outcome(v.code.as_str());
     // Serialized here, while the answer can still borrow from `v`.
     Ok(Json(VerifyResponse::from(&v)).into_response())

@@ -480,6 +480,36 @@ impl Service {
         ip: Option<IpAddr>,
         now: Timestamp,
     ) -> Verification {
+        self.verify_in(None, presented, required_scopes, ip, now)
+    }
+
+    /// [`Service::verify`] on behalf of `verifier`: a key outside a non-admin verifier's
+    /// account is `NOT_FOUND`, as if absent, and its `last_used_at` is left alone.
+    pub fn verify_for(
+        &self,
+        verifier: &Caller,
+        presented: &str,
+        required_scopes: &[String],
+        ip: Option<IpAddr>,
+        now: Timestamp,
+    ) -> Verification {
+        self.verify_in(
+            verifier.account_limit(),
+            presented,
+            required_scopes,
+            ip,
+            now,
+        )
+    }
+
+    fn verify_in(
+        &self,
+        account: Option<&str>,
+        presented: &str,
+        required_scopes: &[String],
+        ip: Option<IpAddr>,
+        now: Timestamp,
+    ) -> Verification {
         let not_found = Verification {
             code: VerifyCode::NotFound,
             entry: None,
@@ -495,6 +525,9 @@ impl Service {
         };
         // The entry's own copies of the state's fields: fewer cache lines than `state`.
         let e = &m.entry;
+        if account.is_some_and(|a| a != e.state.account) {
+            return not_found;
+        }
         let code = if e.is_deleted() {
             VerifyCode::Revoked
         } else if m.previous

@@ -140,6 +140,16 @@ async fn the_stream_resumes_from_last_event_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_to_a_stream_opened_with_after_resumes_from_last_event_id() {
+    // An EventSource reconnects to the same URL, adding `Last-Event-ID`: it must not be sent
+    // again what it already has.
+    let h = Harness::start().await;
+    let head = history(&h, 3).await;
+    let mut s = Sse::open(&h, "?after=0", Some(head - 1)).await;
+    assert_eq!(s.next().await.id, head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_keeps_order_while_writes_race_it() {
     let h = Harness::start().await;
     let mut s = Sse::open(&h, "?after=0", None).await;

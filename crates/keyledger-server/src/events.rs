@@ -120,7 +120,8 @@ pub async fn key_events(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StreamParams {
-    /// Start after this seq (default: `Last-Event-ID`, else 0 = from the beginning).
+    /// Start after this seq (default 0 = from the beginning). A `Last-Event-ID` header wins:
+    /// an EventSource reconnecting to the same URL resumes where it left off.
     pub after: Option<u64>,
     /// Only this type, e.g. `key.rotated`.
     #[serde(rename = "type")]
@@ -156,7 +157,7 @@ pub async fn stream_events(
         // Subscribe before reading the log, so that nothing falls between the two.
         live: st.service.subscribe(),
         service: st.service.clone(),
-        last: p.after.or(last_event_id).unwrap_or(0),
+        last: last_event_id.or(p.after).unwrap_or(0),
         backlog: VecDeque::new(),
         catch_up: true,
         account,

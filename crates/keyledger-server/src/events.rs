@@ -134,11 +134,13 @@ pub struct StreamParams {
     pub account: Option<String>,
 }
 
-/// Live tail as Server-Sent Events: every event after `after` (or `Last-Event-ID`) once, in
-/// order, then new ones as they are committed. `id` is the seq, `event` the type, `data` the
+/// Live tail as Server-Sent Events: every event after `Last-Event-ID` (or else `after`) once,
+/// in order, then new ones as they are committed. `id` is the seq, `event` the type, `data` the
 /// envelope. A comment line is sent every 15 s as a heartbeat.
 #[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamParams),
-    responses((status = 200, content_type = "text/event-stream", description = "event stream")),
+    responses((status = 200, content_type = "text/event-stream", description = "event stream"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn stream_events(
     State(st): State<AppState>,

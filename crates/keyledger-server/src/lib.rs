@@ -128,9 +128,11 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// What the handlers' annotations leave out because every operation of a kind shares it:
-/// 429 on every authenticated operation (the failed-authentication limit and `--key-rate-limit`
-/// apply to all of them), 503 where storage is touched (commands and the event log; key reads
-/// are served from memory), and `PUT /v1/keys/{id}`, which is PATCH under another method.
+/// 408 everywhere (the request time limit), 400 on every `/v1` operation (unknown query
+/// parameters), 429 on every authenticated operation (the failed-authentication limit and
+/// `--key-rate-limit` apply to all of them), 503 where storage is touched (commands, the event
+/// log and `?as_of=`; other key reads are served from memory), and `PUT /v1/keys/{id}`, which
+/// is PATCH under another method.
 struct CommonResponses;
 
 impl utoipa::Modify for CommonResponses {
@@ -166,7 +168,10 @@ impl utoipa::Modify for CommonResponses {
                     op
                 });
             }
-            let storage = path.starts_with("/v1/events") || path.ends_with("/events");
+            let storage = path.starts_with("/v1/events")
+                || path.ends_with("/events")
+                || path == "/v1/keys/{id}";
+            let v1 = path.starts_with("/v1/");
             for method in [
                 HttpMethod::Get,
                 HttpMethod::Post,
@@ -177,10 +182,26 @@ impl utoipa::Modify for CommonResponses {
                 let Some(op) = operation_mut(item, &method) else {
                     continue;
                 };
+                let responses = &mut op.responses.responses;
+                responses.entry("408".into()).or_insert_with(|| {
+                    error(
+                        "the request did not arrive, or could not be answered, in time",
+                        false,
+                    )
+                    .into()
+                });
+                if v1 {
+                    responses.entry("400".into()).or_insert_with(|| {
+                        error(
+                            "invalid request; the message names the parameter or field",
+                            false,
+                        )
+                        .into()
+                    });
+                }
                 if op.security.as_ref().is_none_or(Vec::is_empty) {
                     continue;
                 }
-                let responses = &mut op.responses.responses;
                 responses
                     .entry("429".into())
                     .or_insert_with(|| error("rate limited", true).into());

@@ -202,6 +202,13 @@ fn field_message(path: &str, message: &str) -> String {
     }
 }
 
+/// The query's parameters of the endpoint itself: `apikey` is the credential (see `Auth`),
+/// never one of them.
+fn endpoint_params(parts: &Parts) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+        .filter(|(k, _)| k != "apikey")
+}
+
 /// Query parameters: unknown ones and ill-typed values are 400s naming the parameter.
 pub struct QueryParams<T>(pub T);
 
@@ -209,12 +216,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        // `apikey` is the credential (see `Auth`), never a parameter of the endpoint.
         let q: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(
-                form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-                    .filter(|(k, _)| k != "apikey"),
-            )
+            .extend_pairs(endpoint_params(parts))
             .finish();
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
         serde_path_to_error::deserialize(de)
@@ -235,8 +238,7 @@ impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let query = parts.uri.query().unwrap_or("");
-        match form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k != "apikey") {
+        match endpoint_params(parts).next() {
             None => Ok(NoQuery),
             Some((name, _)) => Err(ApiError::validation(format!(
                 "unknown query parameter `{name}`: this endpoint takes none"

@@ -493,18 +493,12 @@ impl Service {
         ip: Option<IpAddr>,
         now: Timestamp,
     ) -> Verification {
-        self.verify_in(
-            verifier.account_limit(),
-            presented,
-            required_scopes,
-            ip,
-            now,
-        )
+        self.verify_in(Some(verifier), presented, required_scopes, ip, now)
     }
 
     fn verify_in(
         &self,
-        account: Option<&str>,
+        verifier: Option<&Caller>,
         presented: &str,
         required_scopes: &[String],
         ip: Option<IpAddr>,
@@ -525,7 +519,7 @@ impl Service {
         };
         // The entry's own copies of the state's fields: fewer cache lines than `state`.
         let e = &m.entry;
-        if account.is_some_and(|a| a != e.state.account) {
+        if verifier.is_some_and(|c| !c.sees(&e.state)) {
             return not_found;
         }
         let code = if e.is_deleted() {

@@ -95,6 +95,8 @@ pub struct Harness {
     dir: tempfile::TempDir,
     config: Config,
     server: Option<keyledger::Server>,
+    /// Where [`Harness::boot`] listens: an ephemeral loopback port unless a test keeps one.
+    listen: std::net::SocketAddr,
     client: reqwest::Client,
     /// `http://127.0.0.1:<port>`; changes on restart.
     pub base: String,
@@ -121,6 +123,7 @@ impl Harness {
             dir,
             config,
             server: None,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             client,
             base: String::new(),
             admin: String::new(),
@@ -141,7 +144,7 @@ impl Harness {
 
     async fn boot(&mut self) {
         let mut opts = ServeOptions::new(self.dir.path());
-        opts.listen = "127.0.0.1:0".parse().expect("addr");
+        opts.listen = self.listen;
         opts.allow_query_key = self.config.allow_query_key;
         opts.bootstrap_key = self.config.bootstrap_key.clone();
         opts.nats_url = self.config.nats_url.clone();
@@ -163,6 +166,14 @@ impl Harness {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.boot().await;
+    }
+
+    /// As [`Harness::restart`], listening on the same address again, so that clients that
+    /// reconnect to [`Harness::base`] find the new server.
+    pub async fn restart_on_the_same_address(&mut self) {
+        let addr = self.base.strip_prefix("http://").expect("http base");
+        self.listen = addr.parse().expect("socket address");
+        self.restart().await;
     }
 
     /// Graceful shutdown (flushes `last_used_at`, closes the log). Idempotent.

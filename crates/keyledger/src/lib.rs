@@ -3,7 +3,9 @@
 //! The binary's library half: wires the crates together. [`start`] opens the data dir, runs the
 //! service and the HTTP server, and creates the bootstrap admin key on an empty log; the CLI in
 //! `main.rs` parses arguments and calls into here. Tests start servers in-process through the
-//! same [`start`].
+//! same [`start`]. [`tail`] is `keyledger events tail`, here so that tests can run it in-process.
+
+pub mod tail;
 
 use anyhow::Context;
 use keyledger_core::Secret;

@@ -9,8 +9,6 @@ use keyledger_store::SigningKeys;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-mod tail;
-
 /// mimalloc rather than glibc's malloc: the writer's commits allocate and free page-sized
 /// buffers (redb's pages, the stored envelopes), which glibc serves outside its thread caches;
 /// see docs/BENCHMARKS.md ("Fourth round").
@@ -118,8 +116,9 @@ enum EventsCommand {
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
-    /// Follow events from the NATS stream.
-    Tail(tail::Options),
+    /// Follow events from the NATS stream or, with `--source log`, from the log through the
+    /// running service.
+    Tail(keyledger::tail::Options),
 }
 
 #[derive(Subcommand)]
@@ -236,7 +235,7 @@ fn main() -> anyhow::Result<()> {
         } => export(&data, after),
         Command::Events {
             command: EventsCommand::Tail(opts),
-        } => rt.block_on(tail::run(opts)),
+        } => rt.block_on(keyledger::tail::run(opts, &mut std::io::stdout())),
     }
 }
 

@@ -1,15 +1,33 @@
-//! `keyledger events tail`: follow the NATS stream, print events, optionally verify them.
+//! `keyledger events tail`: follow events, from the NATS stream or from the log (through the
+//! server's `/v1/events/stream`), print them, and optionally verify each hash, signature and
+//! chain link.
 
 use anyhow::{Context, bail};
-use keyledger_nats::{TailFrom, TailMessage};
+use futures_util::StreamExt;
+use keyledger_nats::TailFrom;
 use keyledger_store::envelope::envelope_hash;
 use keyledger_store::{PublicKeyInfo, SignatureVerifier};
 use serde::Deserialize;
 use serde_json::Value;
+use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
-#[derive(clap::Args)]
+/// Where events are followed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// The JetStream stream `KEYLEDGER` (needs `serve --nats-url`).
+    Nats,
+    /// The log itself, through the server's `GET /v1/events/stream` (needs an API key with
+    /// `events:read`; works without NATS).
+    Log,
+}
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct Options {
+    /// `nats` or `log`.
+    #[arg(long, value_enum, default_value = "nats")]
+    pub source: Source,
     #[arg(
         long,
         env = "KEYLEDGER_NATS_URL",
@@ -17,10 +35,21 @@ pub struct Options {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,
-    /// Subject filter, e.g. `keyledger.keys.acme.>` or `keyledger.keys.*.*.rotated`.
-    #[arg(long, default_value = "keyledger.keys.>")]
-    pub subject: String,
-    /// `new` (default), `all`, or a stream sequence to start from.
+    /// NATS only: subject filter, e.g. `keyledger.keys.acme.>` or `keyledger.keys.*.*.rotated`
+    /// (default `keyledger.keys.>`).
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Log only: one account's events (admin keys; other keys see only their own account).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Log only: one event type, e.g. `key.rotated`.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Log only: an API key with the `events:read` scope.
+    #[arg(long, env = "KEYLEDGER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// `new` (default), `all`, or the seq to start from (a stream sequence on NATS, which
+    /// equals the log seq there).
     #[arg(long, default_value = "new")]
     pub from: String,
     /// Print each envelope as one JSON line.
@@ -32,7 +61,7 @@ pub struct Options {
     /// Public keys for --verify: a file holding the body of `GET /v1/signing-key` ...
     #[arg(long)]
     pub signing_keys: Option<PathBuf>,
-    /// ... or the service to fetch them from.
+    /// ... or the service to fetch them from; with `--source log`, also the service to follow.
     #[arg(long, env = "KEYLEDGER_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// Stop after this many events.
@@ -40,19 +69,106 @@ pub struct Options {
     pub limit: Option<u64>,
 }
 
+impl Options {
+    /// The defaults of the command line, as `keyledger events tail` alone would have them.
+    pub fn new(source: Source) -> Self {
+        Self {
+            source,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            subject: None,
+            account: None,
+            event_type: None,
+            api_key: None,
+            from: "new".into(),
+            json: false,
+            verify: false,
+            signing_keys: None,
+            url: "http://127.0.0.1:8080".into(),
+            limit: None,
+        }
+    }
+}
+
+/// `--from`, parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum From {
+    New,
+    All,
+    Seq(u64),
+}
+
+fn parse_from(s: &str) -> anyhow::Result<From> {
+    Ok(match s {
+        "new" => From::New,
+        "all" => From::All,
+        n => match n.parse() {
+            Ok(seq) if seq > 0 => From::Seq(seq),
+            _ => bail!("--from: `new`, `all` or a seq from 1 on, not `{n}`"),
+        },
+    })
+}
+
+/// Follows events until `--limit` is reached (or forever), writing one line per event to `out`.
+/// Fails on the first event that does not verify (with `--verify`).
+pub async fn run(opts: Options, out: &mut (impl Write + Send)) -> anyhow::Result<()> {
+    let from = parse_from(&opts.from)?;
+    check_options(&opts)?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
+    let verifier = if opts.verify {
+        Some(verifier(&opts, &client).await?)
+    } else {
+        None
+    };
+    let mut printer = Printer {
+        out,
+        json: opts.json,
+        verifier,
+        prev: None,
+        seen: 0,
+        limit: opts.limit,
+    };
+    if opts.limit == Some(0) {
+        return Ok(());
+    }
+    match opts.source {
+        Source::Nats => follow_nats(&opts, from, &mut printer).await,
+        Source::Log => follow_log(&opts, from, &client, &mut printer).await,
+    }
+}
+
+/// Each source's filters, and the log's API key, before anything is fetched.
+fn check_options(opts: &Options) -> anyhow::Result<()> {
+    match opts.source {
+        Source::Nats if opts.account.is_some() || opts.event_type.is_some() => {
+            bail!("--account and --type filter the log source; on NATS use --subject")
+        }
+        Source::Log if opts.subject.is_some() => {
+            bail!("--subject filters NATS subjects; on the log use --account and --type")
+        }
+        Source::Log if opts.api_key.is_none() => {
+            bail!("--source log needs --api-key (or KEYLEDGER_API_KEY), a key with events:read")
+        }
+        _ => Ok(()),
+    }
+}
+
 #[derive(Deserialize)]
 struct Keys {
     keys: Vec<PublicKeyInfo>,
 }
 
-async fn verifier(opts: &Options) -> anyhow::Result<SignatureVerifier> {
+async fn verifier(opts: &Options, client: &reqwest::Client) -> anyhow::Result<SignatureVerifier> {
     let body = match &opts.signing_keys {
         Some(path) => {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
         }
         None => {
             let url = format!("{}/v1/signing-key", opts.url.trim_end_matches('/'));
-            reqwest::get(&url)
+            client
+                .get(&url)
+                .send()
                 .await
                 .and_then(|r| r.error_for_status())
                 .with_context(|| format!("fetching {url}"))?
@@ -64,39 +180,75 @@ async fn verifier(opts: &Options) -> anyhow::Result<SignatureVerifier> {
     SignatureVerifier::from_public(&keys.keys).map_err(|e| anyhow::anyhow!(e))
 }
 
-/// Checks one message: the header hash equals the payload's recomputed hash, the signature
-/// verifies, and (for consecutive seqs) `prev_hash` links to the previous event.
+/// Prints events and checks them; shared by both sources.
+struct Printer<'a, W> {
+    out: &'a mut W,
+    json: bool,
+    verifier: Option<SignatureVerifier>,
+    /// The seq and hash of the last event printed, for the chain check.
+    prev: Option<(u64, String)>,
+    seen: u64,
+    limit: Option<u64>,
+}
+
+impl<W: Write> Printer<'_, W> {
+    /// Prints one envelope (after checking it, with `--verify`); `Ok(false)` once the limit is
+    /// reached. `header_hash` is the hash the transport announced beside the payload, if any.
+    fn event(&mut self, payload: &[u8], header_hash: Option<&str>) -> anyhow::Result<bool> {
+        let env: Value = serde_json::from_slice(payload).context("an event that is not JSON")?;
+        let seq = env.get("seq").and_then(Value::as_u64).unwrap_or(0);
+        let verdict = match &self.verifier {
+            Some(v) => {
+                check(&env, header_hash, v, &mut self.prev)
+                    .map_err(|e| anyhow::anyhow!("verification failed: seq {seq}: {e}"))?;
+                " ✓"
+            }
+            None => "",
+        };
+        if self.json {
+            writeln!(self.out, "{env}")?;
+        } else {
+            writeln!(
+                self.out,
+                "{:>8} {:<22} {}/{} v{} by {} at {}{verdict}",
+                seq,
+                env["type"].as_str().unwrap_or("?"),
+                env["account"].as_str().unwrap_or("?"),
+                env["key_id"].as_str().unwrap_or("?"),
+                env["version"],
+                env["actor"].as_str().unwrap_or("?"),
+                env["occurred_at"].as_str().unwrap_or("?"),
+            )?;
+        }
+        self.out.flush()?;
+        self.seen += 1;
+        Ok(self.limit.is_none_or(|l| self.seen < l))
+    }
+}
+
+/// Checks one envelope: its `hash` is the recomputed hash of the payload (and equals
+/// `header_hash` when the transport sent one), the signature verifies, and for consecutive
+/// seqs `prev_hash` links to the previous event.
 fn check(
-    msg: &TailMessage,
     env: &Value,
+    header_hash: Option<&str>,
     verifier: &SignatureVerifier,
     prev: &mut Option<(u64, String)>,
 ) -> Result<(), String> {
     let hash = envelope_hash(env).map_err(|e| e.to_string())?;
-    let hex_hash: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    let field = |k: &str| {
-        env.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let hex_hash = hex::encode(hash);
+    let field = |k: &str| env.get(k).and_then(Value::as_str).unwrap_or_default();
     if field("hash") != hex_hash {
         return Err("hash does not match the payload".into());
     }
-    let header = |k: &str| {
-        msg.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.clone())
-    };
-    if header("Keyledger-Hash").as_deref() != Some(hex_hash.as_str()) {
+    if header_hash.is_some_and(|h| h != hex_hash) {
         return Err("Keyledger-Hash header does not match the payload".into());
     }
-    verifier.verify(&field("signer"), &hash, &field("signature"))?;
+    verifier.verify(field("signer"), &hash, field("signature"))?;
     let seq = env.get("seq").and_then(Value::as_u64).unwrap_or(0);
     if let Some((p_seq, p_hash)) = prev.as_ref()
         && *p_seq + 1 == seq
-        && field("prev_hash") != *p_hash
+        && field("prev_hash") != p_hash
     {
         return Err("prev_hash does not link to the previous event".into());
     }
@@ -104,58 +256,162 @@ fn check(
     Ok(())
 }
 
-pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let from = match opts.from.as_str() {
-        "new" => TailFrom::New,
-        "all" => TailFrom::All,
-        n => TailFrom::StreamSeq(n.parse().context("--from: new, all or a stream sequence")?),
+async fn follow_nats<W: Write>(
+    opts: &Options,
+    from: From,
+    printer: &mut Printer<'_, W>,
+) -> anyhow::Result<()> {
+    let from = match from {
+        From::New => TailFrom::New,
+        From::All => TailFrom::All,
+        From::Seq(n) => TailFrom::StreamSeq(n),
     };
-    let verifier = if opts.verify {
-        Some(verifier(&opts).await?)
-    } else {
-        None
-    };
-    let mut seen = 0u64;
-    let mut prev = None;
+    let subject = opts.subject.as_deref().unwrap_or("keyledger.keys.>");
     let mut failed = None;
-    keyledger_nats::tail(&opts.nats_url, &opts.subject, from, |msg| {
-        let env: Value = match serde_json::from_slice(&msg.payload) {
-            Ok(v) => v,
+    keyledger_nats::tail(&opts.nats_url, subject, from, |msg| {
+        let hash = msg
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("Keyledger-Hash"))
+            .map(|(_, v)| v.as_str());
+        // Verifying, a message without the header fails: the publisher always sends it.
+        let hash = hash.or(printer.verifier.is_some().then_some(""));
+        match printer.event(&msg.payload, hash) {
+            Ok(more) => more,
             Err(e) => {
-                failed = Some(format!("stream seq {}: not JSON: {e}", msg.stream_seq));
-                return false;
+                failed = Some(e.context(format!("stream seq {}", msg.stream_seq)));
+                false
             }
-        };
-        let verdict = match &verifier {
-            Some(v) => match check(&msg, &env, v, &mut prev) {
-                Ok(()) => " ✓",
-                Err(e) => {
-                    failed = Some(format!("seq {}: {e}", env["seq"]));
-                    return false;
-                }
-            },
-            None => "",
-        };
-        if opts.json {
-            println!("{env}");
-        } else {
-            println!(
-                "{:>8} {:<22} {}/{} v{} by {} at {}{verdict}",
-                env["seq"],
-                env["type"].as_str().unwrap_or("?"),
-                env["account"].as_str().unwrap_or("?"),
-                env["key_id"].as_str().unwrap_or("?"),
-                env["version"],
-                env["actor"].as_str().unwrap_or("?"),
-                env["occurred_at"].as_str().unwrap_or("?"),
-            );
         }
-        seen += 1;
-        opts.limit.is_none_or(|l| seen < l)
     })
     .await?;
-    if let Some(f) = failed {
-        bail!("verification failed: {f}");
+    failed.map_or(Ok(()), Err)
+}
+
+/// Why a stream from the server ended.
+enum Ended {
+    /// `--limit` was reached.
+    Done,
+    /// The connection closed or broke (the server restarted, say): resume after the last seq.
+    Closed(String),
+}
+
+async fn follow_log<W: Write>(
+    opts: &Options,
+    from: From,
+    client: &reqwest::Client,
+    printer: &mut Printer<'_, W>,
+) -> anyhow::Result<()> {
+    let api_key = opts.api_key.as_deref().unwrap_or_default();
+    let base = opts.url.trim_end_matches('/');
+    let mut after = match from {
+        From::All => 0,
+        From::Seq(n) => n - 1,
+        From::New => log_head(client, base).await?,
+    };
+    let mut connected_once = false;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let mut req = client
+            .get(format!("{base}/v1/events/stream"))
+            .bearer_auth(api_key)
+            .header("Last-Event-ID", after.to_string());
+        if let Some(a) = &opts.account {
+            req = req.query(&[("account", a)]);
+        }
+        if let Some(t) = &opts.event_type {
+            req = req.query(&[("type", t)]);
+        }
+        let ended = match req.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                connected_once = true;
+                backoff = Duration::from_millis(250);
+                read_stream(resp, &mut after, printer).await?
+            }
+            // A restarting service may answer 503 for a moment.
+            Ok(resp) if connected_once && resp.status().is_server_error() => {
+                Ended::Closed(format!("{} answered {}", base, resp.status()))
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                let message = body["error"]["message"].as_str().unwrap_or("");
+                bail!("{base}/v1/events/stream answered {status}: {message}");
+            }
+            // The first connection must work: a wrong URL is not worth waiting on.
+            Err(e) if !connected_once => {
+                return Err(e).with_context(|| format!("connecting to {base}"));
+            }
+            Err(e) => Ended::Closed(e.to_string()),
+        };
+        match ended {
+            Ended::Done => return Ok(()),
+            Ended::Closed(why) => {
+                eprintln!("keyledger: the event stream ended ({why}); resuming after seq {after}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
     }
-    Ok(())
+}
+
+/// The log's last seq, from `/readyz` (which needs no key).
+async fn log_head(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    let url = format!("{base}/readyz");
+    let body: Value = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("connecting to {base}"))?
+        .json()
+        .await
+        .with_context(|| format!("reading {url}"))?;
+    body["log_head"]
+        .as_u64()
+        .with_context(|| format!("{url} names no log_head"))
+}
+
+/// Prints the stream's events until the limit or the end of the connection, advancing `after`.
+async fn read_stream<W: Write>(
+    resp: reqwest::Response,
+    after: &mut u64,
+    printer: &mut Printer<'_, W>,
+) -> anyhow::Result<Ended> {
+    use eventsource_stream::Eventsource;
+    let mut events = resp.bytes_stream().eventsource();
+    while let Some(ev) = events.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => return Ok(Ended::Closed(e.to_string())),
+        };
+        if ev.data.is_empty() {
+            continue;
+        }
+        let seq: u64 = ev
+            .id
+            .parse()
+            .with_context(|| format!("an event whose id `{}` is not a seq", ev.id))?;
+        let more = printer.event(ev.data.as_bytes(), None)?;
+        *after = seq;
+        if !more {
+            return Ok(Ended::Done);
+        }
+    }
+    Ok(Ended::Closed("the server closed it".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{From, parse_from};
+
+    #[test]
+    fn from_takes_new_all_or_a_positive_seq() {
+        assert_eq!(parse_from("new").unwrap(), From::New);
+        assert_eq!(parse_from("all").unwrap(), From::All);
+        assert_eq!(parse_from("42").unwrap(), From::Seq(42));
+        for bad in ["0", "-1", "x", ""] {
+            let e = parse_from(bad).unwrap_err().to_string();
+            assert!(e.contains("--from"), "{e}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The `keyledger` binary as an operator and an auditor use it: serve (bootstrap key printed
-//! once, graceful SIGTERM), events export, audit verify against a tampered data dir, and the
-//! Python verifier of docs/examples against a log the service produced.
+//! once, graceful SIGTERM), events export, events tail from the log, audit verify against a
+//! tampered data dir, and the Python verifier of docs/examples against a log the service
+//! produced.
 
 use keyledger_core::Timestamp;
 use keyledger_store::SigningKeys;
@@ -282,6 +283,42 @@ fn serve_prints_the_bootstrap_key_once_and_stops_cleanly_on_sigterm() {
     let (status, _) = http(second.addr, "GET", "/v1/me", &key, None);
     assert_eq!(status, 200);
     second.stop();
+}
+
+#[test]
+fn events_tail_follows_the_log_of_a_running_server_without_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(dir.path());
+    let key = bootstrap_key(&served.stderr).unwrap();
+    let (status, body) = http(
+        served.addr,
+        "POST",
+        "/v1/keys",
+        &key,
+        Some(r#"{"name":"one"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let out = Command::new(env!("CARGO_BIN_EXE_keyledger"))
+        .args([
+            "events", "tail", "--source", "log", "--from", "all", "--limit", "2",
+        ])
+        .args(["--verify", "--url", &format!("http://{}", served.addr)])
+        .env("KEYLEDGER_API_KEY", &key)
+        .env("KEYLEDGER_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = ok(out);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (seq, line) in [(1, lines[0]), (2, lines[1])] {
+        assert!(
+            line.trim_start().starts_with(&format!("{seq} key.created")),
+            "{line}"
+        );
+        assert!(line.ends_with(" ✓"), "{line}");
+    }
+    assert!(!stdout.contains(&key), "the API key is never printed");
+    served.stop();
 }
 
 fn python_verify(events: &Path, keys: &Path) -> Output {

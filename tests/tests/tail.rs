@@ -1,0 +1,309 @@
+//! `keyledger events tail`, run in-process against a real server and a real nats-server: from
+//! the log (the server's event stream) and from NATS, verified, filtered, live, and across a
+//! server restart.
+
+use keyledger::tail::{Options, Source, run};
+use keyledger_e2e::nats::NatsServer;
+use keyledger_e2e::*;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Output that a test can read while the tail still runs.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn log_tail(h: &Harness) -> Options {
+    let mut o = Options::new(Source::Log);
+    o.url = h.base.clone();
+    o.api_key = Some(h.admin.clone());
+    o
+}
+
+fn nats_tail(h: &Harness, nats: &NatsServer) -> Options {
+    let mut o = Options::new(Source::Nats);
+    o.url = h.base.clone();
+    o.nats_url = nats.url();
+    o
+}
+
+/// Runs the tail to its limit (at most 30 s); its output lines.
+async fn tail(opts: Options) -> anyhow::Result<Vec<String>> {
+    let out = Shared::default();
+    let mut w = out.clone();
+    tokio::time::timeout(secs(30), run(opts, &mut w))
+        .await
+        .expect("the tail reaches its limit within 30 s")?;
+    Ok(out.lines())
+}
+
+fn envelopes(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("--json prints one envelope per line"))
+        .collect()
+}
+
+fn seqs(envs: &[Value]) -> Vec<u64> {
+    envs.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+async fn head(h: &Harness) -> u64 {
+    h.get("/readyz", &h.admin).await.expect(200).json()["log_head"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Creates, updates, resets and deletes keys, in `account` (or the default); the log's head.
+async fn history(h: &Harness, account: Option<&str>) -> u64 {
+    for i in 0..3 {
+        let mut body = json!({ "name": format!("k{i}") });
+        if let Some(a) = account {
+            body["account"] = json!(a);
+        }
+        let (k, _) = h.create_key(body).await;
+        let path = format!("/v1/keys/{}", id_of(&k));
+        h.patch(&path, &h.admin, &json!({ "name": format!("k{i}-renamed") }))
+            .await
+            .expect(200);
+        if i == 1 {
+            h.post(&format!("{path}/reset"), &h.admin, &json!({}))
+                .await
+                .expect(200);
+        }
+        if i == 2 {
+            h.delete(&path, &h.admin).await.expect(204);
+        }
+    }
+    head(h).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_the_log_prints_every_event_once_in_order_verified() {
+    let h = Harness::start().await;
+    let head = history(&h, None).await;
+    let mut o = log_tail(&h);
+    o.from = "all".into();
+    o.json = true;
+    o.verify = true;
+    o.limit = Some(head);
+    let envs = envelopes(&tail(o).await.unwrap());
+    assert_eq!(seqs(&envs), (1..=head).collect::<Vec<_>>());
+    let stored = h
+        .get("/v1/events?limit=1000", &h.admin)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        Value::Array(envs),
+        stored["data"],
+        "exactly the stored envelopes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_the_log_prints_one_readable_line_per_event_with_a_check_mark() {
+    let h = Harness::start().await;
+    let (k, _) = h
+        .create_key(json!({ "name": "one", "account": "acme" }))
+        .await;
+    let mut o = log_tail(&h);
+    o.from = "2".into();
+    o.verify = true;
+    o.limit = Some(1);
+    let lines = tail(o).await.unwrap();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert!(line.trim_start().starts_with("2 key.created"), "{line}");
+    assert!(line.contains(&format!("acme/{}", id_of(&k))), "{line}");
+    assert!(line.ends_with(" ✓"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_the_log_starting_new_prints_only_later_events() {
+    let h = Harness::start().await;
+    let before = history(&h, None).await;
+    let mut o = log_tail(&h);
+    o.json = true;
+    o.limit = Some(1);
+    let out = Shared::default();
+    let mut w = out.clone();
+    let task = tokio::spawn(async move { run(o, &mut w).await });
+    // The tail reads the head when it starts: keep creating until it has printed one.
+    let mut created = Vec::new();
+    while !task.is_finished() {
+        assert!(created.len() < 100, "the tail printed nothing");
+        let (k, _) = h.create_key(json!({ "name": "later" })).await;
+        created.push(id_of(&k));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    task.await.unwrap().unwrap();
+    let envs = envelopes(&out.lines());
+    assert_eq!(envs.len(), 1);
+    assert!(seqs(&envs)[0] > before, "{envs:?}");
+    assert!(created.contains(&envs[0]["key_id"].as_str().unwrap().to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_the_log_resumes_after_the_server_restarts() {
+    let mut h = Harness::start().await;
+    let first = history(&h, None).await;
+    let mut o = log_tail(&h);
+    o.from = "all".into();
+    o.json = true;
+    o.verify = true;
+    o.limit = Some(first + 2);
+    let out = Shared::default();
+    let mut w = out.clone();
+    let task = tokio::spawn(async move { run(o, &mut w).await });
+    eventually("the tail to print the history", secs(10), async || {
+        (out.lines().len() as u64 == first).then_some(())
+    })
+    .await;
+    h.restart_on_the_same_address().await;
+    h.create_key(json!({ "name": "after restart 1" })).await;
+    h.create_key(json!({ "name": "after restart 2" })).await;
+    tokio::time::timeout(secs(30), task)
+        .await
+        .expect("the tail reconnects and reaches its limit")
+        .unwrap()
+        .unwrap();
+    let envs = envelopes(&out.lines());
+    assert_eq!(seqs(&envs), (1..=first + 2).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_the_log_filters_by_account_and_type() {
+    let h = Harness::start().await;
+    history(&h, Some("acme")).await;
+    history(&h, Some("globex")).await;
+    let mut o = log_tail(&h);
+    o.from = "all".into();
+    o.json = true;
+    o.verify = true;
+    o.account = Some("globex".into());
+    o.event_type = Some("key.created".into());
+    o.limit = Some(3);
+    let envs = envelopes(&tail(o).await.unwrap());
+    assert_eq!(envs.len(), 3);
+    for e in &envs {
+        assert_eq!(e["account"], "globex");
+        assert_eq!(e["type"], "key.created");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_with_verify_rejects_events_signed_by_another_service() {
+    let h = Harness::start().await;
+    let other = Harness::start().await;
+    let keys = other.get("/v1/signing-key", &other.admin).await.expect(200);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), keys.json().to_string()).unwrap();
+    let mut o = log_tail(&h);
+    o.from = "all".into();
+    o.verify = true;
+    o.signing_keys = Some(file.path().to_owned());
+    o.limit = Some(1);
+    let e = format!("{:#}", tail(o).await.unwrap_err());
+    assert!(e.contains("verification failed: seq 1"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_the_log_needs_a_key_with_events_read() {
+    let h = Harness::start().await;
+    let mut o = log_tail(&h);
+    o.api_key = None;
+    let e = format!("{:#}", tail(o).await.unwrap_err());
+    assert!(e.contains("--api-key"), "{e}");
+
+    let (_, reader) = h
+        .create_key(json!({ "name": "keys only", "scopes": ["keys:read"] }))
+        .await;
+    let mut o = log_tail(&h);
+    o.api_key = Some(reader.clone());
+    let e = format!("{:#}", tail(o).await.unwrap_err());
+    assert!(e.contains("403"), "{e}");
+    assert!(e.contains("events:read"), "{e}");
+    assert!(!e.contains(&reader), "the key is never printed: {e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_rejects_the_other_sources_filters() {
+    let h = Harness::start().await;
+    let mut o = log_tail(&h);
+    o.subject = Some("keyledger.keys.>".into());
+    let e = tail(o).await.unwrap_err().to_string();
+    assert!(e.contains("--subject"), "{e}");
+
+    let mut o = Options::new(Source::Nats);
+    o.event_type = Some("key.created".into());
+    let e = tail(o).await.unwrap_err().to_string();
+    assert!(e.contains("--type"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_nats_prints_every_event_once_in_order_verified() {
+    let nats = NatsServer::start();
+    let h = Harness::start_with(Config {
+        nats_url: Some(nats.url()),
+        ..Config::default()
+    })
+    .await;
+    let head = history(&h, None).await;
+    let mut o = nats_tail(&h, &nats);
+    o.from = "all".into();
+    o.json = true;
+    o.verify = true;
+    o.limit = Some(head);
+    let envs = envelopes(&tail(o).await.unwrap());
+    assert_eq!(seqs(&envs), (1..=head).collect::<Vec<_>>());
+    let stored = h
+        .get("/v1/events?limit=1000", &h.admin)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(Value::Array(envs), stored["data"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_nats_filters_by_subject() {
+    let nats = NatsServer::start();
+    let h = Harness::start_with(Config {
+        nats_url: Some(nats.url()),
+        ..Config::default()
+    })
+    .await;
+    history(&h, Some("acme")).await;
+    let mut o = nats_tail(&h, &nats);
+    o.from = "all".into();
+    o.json = true;
+    o.verify = true;
+    o.subject = Some("keyledger.keys.*.*.rotated".into());
+    o.limit = Some(1);
+    let envs = envelopes(&tail(o).await.unwrap());
+    assert_eq!(envs.len(), 1);
+    assert_eq!(envs[0]["type"], "key.rotated");
+    assert_eq!(envs[0]["account"], "acme");
+}

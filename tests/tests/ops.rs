@@ -154,6 +154,58 @@ async fn openapi_declares_rate_limits_put_and_the_enforced_bounds() {
     h.get("/v1/keys?limit=1000", &h.admin).await.expect(200);
 }
 
+/// schemathesis warned that PATCH and PUT "mostly rejected generated data": `If-Match` had no
+/// pattern. The documented pattern admits the values the server accepts (versions up to 19
+/// digits) and no others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_if_match_pattern_admits_exactly_what_the_server_accepts() {
+    let h = Harness::start().await;
+    let doc = openapi(&h).await;
+    let (k, _) = h.create_key(serde_json::json!({ "name": "guarded" })).await;
+    let path = format!("/v1/keys/{}", id_of(&k));
+    for (method, verb) in [("patch", Method::PATCH), ("put", Method::PUT)] {
+        let param = doc["paths"]["/v1/keys/{id}"][method]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|p| p["name"] == "If-Match")
+            .expect("If-Match parameter")
+            .clone();
+        let pattern = param["schema"]["pattern"].as_str().expect("a pattern");
+        let re = regex::Regex::new(pattern).unwrap();
+        for value in [
+            "\"1\"",
+            "W/\"1\"",
+            "1",
+            "*",
+            "\"99\"",
+            "abc",
+            "\"x\"",
+            "-1",
+            "1.0",
+            "\"\"",
+            "W/",
+            "99999999999999999999999",
+        ] {
+            let r = h
+                .request(verb.clone(), &path)
+                .bearer_auth(&h.admin)
+                .header("If-Match", value)
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap();
+            let accepted = r.status() != 400;
+            assert_eq!(
+                re.is_match(value),
+                accepted,
+                "{method} If-Match {value}: pattern vs server ({})",
+                r.status()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_route_is_404_with_envelope() {
     let h = Harness::start().await;

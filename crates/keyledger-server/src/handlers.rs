@@ -199,7 +199,8 @@ pub async fn get_key(
 /// updates.
 #[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", request_body = UpdateKeyRequest,
     params(("id" = Uuid, Path, description = "key id"),
-           ("If-Match" = Option<String>, Header, description = "expected version, quoted")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#,
+            description = "the expected version, quoted as in `ETag` (`\"3\"`; also `W/\"3\"` or `3`); `*` for any")),
     responses((status = 200, body = KeyResource), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),

@@ -112,6 +112,15 @@ impl Harness {
         Self::start_with(Config::default()).await
     }
 
+    /// A server bootstrapped with [`admin_key`] that publishes to this NATS server.
+    pub async fn start_publishing_to(nats: &nats::NatsServer) -> Self {
+        Self::start_with(Config {
+            nats_url: Some(nats.url()),
+            ..Config::default()
+        })
+        .await
+    }
+
     pub async fn start_with(config: Config) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let client = reqwest::Client::builder()

@@ -7,14 +7,6 @@ use keyledger_e2e::nats::{NatsServer, read_stream};
 use keyledger_e2e::*;
 use std::time::Duration;
 
-async fn harness_with(nats: &NatsServer) -> Harness {
-    Harness::start_with(Config {
-        nats_url: Some(nats.url()),
-        ..Config::default()
-    })
-    .await
-}
-
 async fn head(h: &Harness) -> u64 {
     h.get("/readyz", &h.admin).await.expect(200).json()["log_head"]
         .as_u64()
@@ -62,7 +54,7 @@ const NATS_CURSOR: &str = "nats";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_reaches_the_stream_once_in_order_with_subject_and_headers() {
     let nats = NatsServer::start();
-    let h = harness_with(&nats).await;
+    let h = Harness::start_publishing_to(&nats).await;
     let (k, _) = h
         .create_key(json!({ "name": "a", "account": "acme" }))
         .await;
@@ -114,7 +106,7 @@ async fn every_event_reaches_the_stream_once_in_order_with_subject_and_headers()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_keyledger_creates_keeps_message_ids_for_thirty_seconds_on_its_subjects() {
     let nats = NatsServer::start();
-    let h = harness_with(&nats).await;
+    let h = Harness::start_publishing_to(&nats).await;
     h.create_key(json!({ "name": "a" })).await;
     published(&h).await;
     let info = stream_info(&nats).await;
@@ -125,7 +117,7 @@ async fn the_stream_keyledger_creates_keeps_message_ids_for_thirty_seconds_on_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_succeed_while_nats_is_down_and_every_event_arrives_once_after_it_returns() {
     let mut nats = NatsServer::start();
-    let h = harness_with(&nats).await;
+    let h = Harness::start_publishing_to(&nats).await;
     for i in 0..20 {
         h.create_key(json!({ "name": format!("before{i}") })).await;
     }
@@ -168,7 +160,7 @@ async fn commands_succeed_while_nats_is_down_and_every_event_arrives_once_after_
 async fn nats_down_from_the_start_is_caught_up_later() {
     let mut nats = NatsServer::start();
     nats.kill();
-    let h = harness_with(&nats).await;
+    let h = Harness::start_publishing_to(&nats).await;
     h.create_key(json!({ "name": "x" })).await;
     let r = eventually(
         "readyz to report the outage",
@@ -215,7 +207,7 @@ async fn no_duplicate_after_a_crash_even_once_the_deduplication_window_has_passe
 /// cursor write leaves), waits `down`, restarts, publishes one more: the stream must hold the
 /// 12 events once each, in order.
 async fn crash_between_publish_and_cursor_write(nats: &NatsServer, down: Duration) {
-    let mut h = harness_with(nats).await;
+    let mut h = Harness::start_publishing_to(nats).await;
     for i in 0..10 {
         h.create_key(json!({ "name": format!("k{i}") })).await;
     }
@@ -239,7 +231,7 @@ async fn crash_between_publish_and_cursor_write(nats: &NatsServer, down: Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_subscriber_on_rotated_sees_a_reset_promptly() {
     let nats = NatsServer::start();
-    let h = harness_with(&nats).await;
+    let h = Harness::start_publishing_to(&nats).await;
     let (k, _) = h
         .create_key(json!({ "name": "gw", "account": "acme" }))
         .await;

@@ -260,6 +260,13 @@ fn http(
     (status, body)
 }
 
+/// `POST /v1/keys` with this body, which must answer 201; the response.
+fn create(served: &Served, key: &str, body: &str) -> Value {
+    let (status, resp) = http(served.addr, "POST", "/v1/keys", key, Some(body));
+    assert_eq!(status, 201, "{resp}");
+    serde_json::from_str(&resp).unwrap()
+}
+
 fn bootstrap_key(stderr: &[String]) -> Option<String> {
     stderr
         .iter()
@@ -290,14 +297,7 @@ fn events_tail_follows_the_log_of_a_running_server_without_nats() {
     let dir = tempfile::tempdir().unwrap();
     let served = serve(dir.path());
     let key = bootstrap_key(&served.stderr).unwrap();
-    let (status, body) = http(
-        served.addr,
-        "POST",
-        "/v1/keys",
-        &key,
-        Some(r#"{"name":"one"}"#),
-    );
-    assert_eq!(status, 201, "{body}");
+    create(&served, &key, r#"{"name":"one"}"#);
     let out = Command::new(env!("CARGO_BIN_EXE_keyledger"))
         .args([
             "events", "tail", "--source", "log", "--from", "all", "--limit", "2",
@@ -340,20 +340,12 @@ fn the_python_verifier_checks_a_log_the_service_produced() {
     let dir = tempfile::tempdir().unwrap();
     let served = serve(dir.path());
     let key = bootstrap_key(&served.stderr).unwrap();
-    let (status, body) = http(
-        served.addr,
-        "POST",
-        "/v1/keys",
+    let body = create(
+        &served,
         &key,
-        Some(
-            r#"{"name":"ünïcode \"quoted\"","scopes":["a:b"],"allowed_ips":["10.0.0.0/8","::1"],"metadata":{"plan":"pro","n":1.5,"big":1e21,"tiny":1e-7,"nested":{"z":[true,null],"a":"\u0001"}},"expires_at":"2099-01-01T00:00:00Z"}"#,
-        ),
+        r#"{"name":"ünïcode \"quoted\"","scopes":["a:b"],"allowed_ips":["10.0.0.0/8","::1"],"metadata":{"plan":"pro","n":1.5,"big":1e21,"tiny":1e-7,"nested":{"z":[true,null],"a":"\u0001"}},"expires_at":"2099-01-01T00:00:00Z"}"#,
     );
-    assert_eq!(status, 201, "{body}");
-    let id = serde_json::from_str::<Value>(&body).unwrap()["key"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = body["key"]["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/keys/{id}");
     assert_eq!(
         http(

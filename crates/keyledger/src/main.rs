@@ -6,6 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use keyledger::{ServeOptions, start};
 use keyledger_service::{Actor, Config, CreateKey, ListQuery, Service, open_log};
 use keyledger_store::SigningKeys;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -41,6 +42,22 @@ impl DataArgs {
         let mut c = Config::new(&self.data_dir);
         c.signing_key_file = self.signing_key_file.clone();
         c
+    }
+
+    /// The config of a data dir that holds a log. Only `serve` and `keys create` start one: the
+    /// commands that read or change a log fail on a mistyped `--data-dir` rather than start an
+    /// empty log (and a new signing key) there, which `audit verify` would then call "ok".
+    fn existing(&self) -> anyhow::Result<Config> {
+        let c = self.config();
+        let log = c.log_path();
+        if !log.is_file() {
+            bail!(
+                "no keyledger log at {}: check --data-dir (or KEYLEDGER_DATA_DIR); \
+                 `keyledger serve` creates one",
+                log.display()
+            );
+        }
+        Ok(c)
     }
 }
 
@@ -175,6 +192,21 @@ enum SigningKeyCommand {
 }
 
 fn main() -> anyhow::Result<()> {
+    match run() {
+        // A reader that stops early (`keyledger keys list | head`) is not a failure.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
+        result => result,
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -295,7 +327,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 fn replay(data: &DataArgs) -> anyhow::Result<()> {
-    let log = open_log(&data.config())?;
+    let log = open_log(&data.existing()?)?;
     let (head, _) = log.head()?;
     let pb = bar(head, "replay");
     let started = std::time::Instant::now();
@@ -311,8 +343,7 @@ fn replay(data: &DataArgs) -> anyhow::Result<()> {
 }
 
 fn export(data: &DataArgs, after: u64) -> anyhow::Result<()> {
-    use std::io::Write;
-    let log = open_log(&data.config())?;
+    let log = open_log(&data.existing()?)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = None;
     log.scan_raw(after, |_, bytes| {
@@ -331,7 +362,7 @@ fn export(data: &DataArgs, after: u64) -> anyhow::Result<()> {
 }
 
 fn audit_verify(data: &DataArgs) -> anyhow::Result<()> {
-    let log = open_log(&data.config())?;
+    let log = open_log(&data.existing()?)?;
     let (head, _) = log.head()?;
     let pb = bar(head, "verify");
     let verifier = log.signing_keys().verifier();
@@ -354,12 +385,11 @@ fn audit_verify(data: &DataArgs) -> anyhow::Result<()> {
 }
 
 async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
-    let data = match &cmd {
-        KeysCommand::Create { data, .. }
-        | KeysCommand::List { data, .. }
-        | KeysCommand::Revoke { data, .. } => data.clone(),
+    // Like `serve`, `keys create` may start a log (to provision keys before the first start).
+    let config = match &cmd {
+        KeysCommand::Create { data, .. } => data.config(),
+        KeysCommand::List { data, .. } | KeysCommand::Revoke { data, .. } => data.existing()?,
     };
-    let config = data.config();
     let service = tokio::task::spawn_blocking(move || Service::open(config)).await??;
     let result = run_keys(&service, cmd).await;
     tokio::task::spawn_blocking(move || service.shutdown()).await?;
@@ -395,14 +425,17 @@ async fn run_keys(service: &Service, cmd: KeysCommand) -> anyhow::Result<()> {
                     ..Default::default()
                 },
             )?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for e in page.items {
                 let s = &e.state;
-                println!(
+                writeln!(
+                    out,
                     "{}",
                     serde_json::json!({"id": s.id, "name": s.name, "account": s.account,
                         "scopes": s.scopes, "enabled": s.enabled, "hint": s.hint, "version": s.version})
-                );
+                )?;
             }
+            out.flush()?;
         }
         KeysCommand::Revoke { id, .. } => {
             if let Err(e) = service.delete(&Actor::Cli, id, None, None).await {

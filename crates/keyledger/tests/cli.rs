@@ -74,6 +74,46 @@ fn audit_failure(dir: &Path) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
+/// A mistyped `--data-dir` must not become a new, empty log that `audit verify` calls "ok".
+#[test]
+fn commands_that_read_a_log_refuse_a_data_dir_without_one() {
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("typo");
+    let id = "01a20f85-390d-704a-ab3d-9f2131ac8237";
+    for args in [
+        &["audit", "verify"][..],
+        &["events", "export"],
+        &["replay"],
+        &["keys", "list"],
+        &["keys", "revoke", id],
+    ] {
+        let out = keyledger(args, &missing);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no keyledger log at"), "{args:?}: {stderr}");
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+}
+
+#[test]
+fn keys_list_into_a_closed_pipe_exits_cleanly() {
+    let dir = populated();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyledger"))
+        .args(["keys", "list", "--data-dir"])
+        .arg(dir.path())
+        .env("KEYLEDGER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the command has opened the log, let alone printed.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn audit_verify_accepts_an_untouched_log() {
     let dir = populated();

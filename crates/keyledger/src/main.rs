@@ -86,8 +86,10 @@ enum Command {
         /// Serve HTTPS: PEM private key (with --tls-cert).
         #[arg(long, env = "KEYLEDGER_TLS_KEY", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
-        /// Requests per second each API key may make (burst: twice that); 429 beyond.
-        #[arg(long, env = "KEYLEDGER_KEY_RATE_LIMIT")]
+        /// Requests per second each API key may make (burst: twice that); 429 beyond. Leave it
+        /// out for no limit.
+        #[arg(long, env = "KEYLEDGER_KEY_RATE_LIMIT",
+              value_parser = clap::value_parser!(u32).range(1..))]
         key_rate_limit: Option<u32>,
         /// A reverse proxy (address or CIDR; repeat or separate with commas) whose
         /// `X-Forwarded-For` names the client, for the failed-authentication limit and keys'

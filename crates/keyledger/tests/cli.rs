@@ -95,6 +95,17 @@ fn commands_that_read_a_log_refuse_a_data_dir_without_one() {
     }
 }
 
+/// 0 would let every key make one request and then lock it out for good.
+#[test]
+fn serve_refuses_a_key_rate_limit_of_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = keyledger(&["serve", "--key-rate-limit", "0"], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--key-rate-limit"), "{stderr}");
+    assert!(stderr.contains("not in 1.."), "{stderr}");
+}
+
 #[test]
 fn keys_list_into_a_closed_pipe_exits_cleanly() {
     let dir = populated();

@@ -112,6 +112,10 @@ pub fn spawn_publisher(
 
 async fn run(service: Service, config: PublisherConfig, mut shutdown: watch::Receiver<bool>) {
     let status = service.outbox().clone();
+    // Until a session learns the stream's position, the log's cursor says how far publishing got.
+    if let Ok(cursor) = service.log().cursor(CURSOR) {
+        status.set_published(cursor);
+    }
     let mut backoff = Duration::from_millis(100);
     let mut stalled = false;
     loop {
@@ -122,6 +126,7 @@ async fn run(service: Service, config: PublisherConfig, mut shutdown: watch::Rec
             Ok(()) => return,
             Err(e) => {
                 status.set_connected(false);
+                note_oldest_pending(&service).await;
                 let backlog = service.head().saturating_sub(status.snapshot().published);
                 if !stalled {
                     tracing::warn!(error = %e, backlog, "publishing to NATS stalled; commands continue, events wait in the log");
@@ -166,6 +171,21 @@ async fn resume_point(stream: &mut stream::Stream, cursor: u64) -> Result<(u64, 
             ))
         })?;
     Ok((seq, last))
+}
+
+/// While no session runs (NATS unreachable, perhaps since start-up), the lag is measured from
+/// the first event after the last one known to be published.
+async fn note_oldest_pending(service: &Service) {
+    let status = service.outbox();
+    let known = status.snapshot();
+    if known.oldest_pending_ms != 0 || service.head() <= known.published {
+        return;
+    }
+    if let Ok(Ok(events)) = read_window(service.log(), known.published, 1).await
+        && let Some(first) = events.first()
+    {
+        status.set_oldest_pending(first.occurred_at.millis());
+    }
 }
 
 async fn session(

@@ -48,8 +48,8 @@ pub struct Options {
     /// Log only: an API key with the `events:read` scope.
     #[arg(long, env = "KEYLEDGER_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// `new` (default), `all`, or the seq to start from (a stream sequence on NATS, which
-    /// equals the log seq there).
+    /// `new` (default), `all`, or the seq to start from: the log seq, or on NATS the stream
+    /// sequence (the same number unless the stream was emptied or recreated).
     #[arg(long, default_value = "new")]
     pub from: String,
     /// Print each envelope as one JSON line.

@@ -375,7 +375,8 @@ fn method_label(m: &Method) -> &'static str {
 }
 
 /// Gives each request an id (`X-Request-Id`, and `request_id` in errors), and records its
-/// route, status and latency. Never logs headers or bodies (they carry keys).
+/// route, status and latency (5xx at `warn`, the rest at `debug`). Never logs headers or bodies
+/// (they carry keys).
 async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = uuid::Uuid::now_v7();
@@ -389,7 +390,14 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     let status = resp.status().as_u16();
     let secs = started.elapsed().as_secs_f64();
     st.metrics.request(method, route, status, secs);
-    tracing::debug!(%method, %route, status, micros = (secs * 1e6) as u64, request_id = %id, "request");
+    let micros = (secs * 1e6) as u64;
+    // Server-side failures are logged at the default level, so that an id a user quotes can be
+    // found; every other request only at `debug` (a gateway verifies at up to ~100k/s).
+    if status >= 500 {
+        tracing::warn!(%method, %route, status, micros, request_id = %id, "request failed");
+    } else {
+        tracing::debug!(%method, %route, status, micros, request_id = %id, "request");
+    }
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = id.hyphenated().encode_lower(&mut text);
     if let Ok(v) = HeaderValue::from_str(text) {

@@ -83,8 +83,46 @@ fn assert_log_intact(dir: &std::path::Path, expected_events: u64) {
     );
 }
 
+/// What the service logs at the default level (`info`), for the tests to read.
+static LOG: Captured = Captured(std::sync::Mutex::new(Vec::new()));
+
+struct Captured(std::sync::Mutex<Vec<u8>>);
+
+impl Captured {
+    /// Installs the capture as this test binary's subscriber (once).
+    fn install(&'static self) {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_env_filter("info")
+                .with_writer(move || self)
+                .init();
+        });
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for &Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_disk_answers_503_writes_nothing_and_recovers() {
+    LOG.install();
     let dir = tempfile::tempdir().unwrap();
     let switch = FaultSwitch::new();
     let (server, c) = faulty_server(dir.path(), &switch).await;
@@ -96,6 +134,14 @@ async fn a_failing_disk_answers_503_writes_nothing_and_recovers() {
     let (s, err) = c.create("during").await;
     assert_eq!(s, 503, "{err}");
     assert_eq!(err["error"]["code"], "unavailable");
+    // The id a user would quote is in the log at the default level.
+    let id = err["error"]["request_id"].as_str().unwrap();
+    let line = LOG.lines().into_iter().find(|l| l.contains(id));
+    let line = line.expect("a warning names the failed request's id");
+    assert!(
+        line.contains("WARN") && line.contains("status=503"),
+        "{line}"
+    );
     assert!(
         err["error"]["message"]
             .as_str()

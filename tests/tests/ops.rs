@@ -136,6 +136,35 @@ async fn openapi_declares_rate_limits_put_and_the_enforced_bounds() {
     assert_eq!(key["put"]["requestBody"], key["patch"]["requestBody"]);
     assert_eq!(key["put"]["operationId"], "replace_key");
 
+    // Every command declares the headers it honours, and every secured operation the three
+    // ways to present a key.
+    let headers = |op: &serde_json::Value| -> Vec<String> {
+        op["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["in"] == "header")
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let paths = &doc["paths"];
+    assert_eq!(headers(&paths["/v1/keys"]["post"]), ["Idempotency-Key"]);
+    for op in [
+        &key["patch"],
+        &key["put"],
+        &key["delete"],
+        &paths["/v1/keys/{id}/reset"]["post"],
+    ] {
+        assert_eq!(headers(op), ["If-Match", "Idempotency-Key"], "{op}");
+    }
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["x_api_key"]["name"], "X-API-Key");
+    assert_eq!(schemes["apikey_header"]["name"], "APIKEY");
+    let me = paths["/v1/me"]["get"]["security"].to_string();
+    for scheme in ["bearer", "x_api_key", "apikey_header"] {
+        assert!(me.contains(scheme), "{me}");
+    }
+
     let limit = doc["paths"]["/v1/keys"]["get"]["parameters"]
         .as_array()
         .expect("parameters")

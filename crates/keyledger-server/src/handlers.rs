@@ -198,9 +198,7 @@ pub async fn get_key(
 /// Update some fields (PATCH and PUT alike). `If-Match: "<version>"` guards against lost
 /// updates.
 #[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", request_body = UpdateKeyRequest,
-    params(("id" = Uuid, Path, description = "key id"),
-           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#,
-            description = "the expected version, quoted as in `ETag` (`\"3\"`; also `W/\"3\"` or `3`); `*` for any")),
+    params(("id" = Uuid, Path, description = "key id")),
     responses((status = 200, body = KeyResource), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),

@@ -109,22 +109,113 @@ impl Default for ServerConfig {
         handlers::signing_key, handlers::healthz, handlers::readyz,
         events::list_events, events::key_events, events::stream_events
     ),
-    modifiers(&BearerAuth, &CommonResponses),
+    modifiers(&Authentication, &CommonResponses, &CommandHeaders),
     tags((name = "keys"), (name = "verify"), (name = "events"), (name = "ops"))
 )]
 pub struct ApiDoc;
 
-struct BearerAuth;
+/// The three ways to present a key (`?apikey=` is left out: it is off unless
+/// `--allow-query-key`): every operation that takes `bearer` takes the headers too.
+struct Authentication;
 
-impl utoipa::Modify for BearerAuth {
+impl utoipa::Modify for Authentication {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        let headers = [("x_api_key", "X-API-Key"), ("apikey_header", "APIKEY")];
+        for (scheme, header) in headers {
+            components.add_security_scheme(
+                scheme,
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(header))),
+            );
+        }
+        for item in openapi.paths.paths.values_mut() {
+            for op in operations_mut(item) {
+                if let Some(security) = op.security.as_mut()
+                    && !security.is_empty()
+                {
+                    security.extend(
+                        headers
+                            .map(|(scheme, _)| SecurityRequirement::new::<_, _, &str>(scheme, [])),
+                    );
+                }
+            }
+        }
     }
+}
+
+/// The headers every command takes: `Idempotency-Key` (create, update, reset, delete) and
+/// `If-Match` (all but create), with the syntax the server accepts.
+struct CommandHeaders;
+
+impl utoipa::Modify for CommandHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, Required, schema::Type};
+        let header = |name: &str, pattern: &str, description: &str| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Header)
+                .required(Required::False)
+                .description(Some(description))
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some(pattern)),
+                ))
+                .build()
+        };
+        let idempotency = header(
+            "Idempotency-Key",
+            "^[\\x21-\\x7e]{1,255}$",
+            "1 to 255 visible ASCII characters; a repeat of the same request with the same key \
+             returns the first result (24 h)",
+        );
+        let if_match = header(
+            "If-Match",
+            r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#,
+            "the expected version, quoted as in `ETag` (`\"3\"`; also `W/\"3\"` or `3`); `*` for any",
+        );
+        let paths = &mut openapi.paths.paths;
+        let key = paths.get_mut("/v1/keys/{id}");
+        let key_ops = key
+            .into_iter()
+            .flat_map(|i| [&mut i.patch, &mut i.put, &mut i.delete]);
+        for op in key_ops.flatten() {
+            let params = op.parameters.get_or_insert_with(Vec::new);
+            params.extend([if_match.clone(), idempotency.clone()]);
+        }
+        if let Some(op) = paths
+            .get_mut("/v1/keys/{id}/reset")
+            .and_then(|i| i.post.as_mut())
+        {
+            let params = op.parameters.get_or_insert_with(Vec::new);
+            params.extend([if_match.clone(), idempotency.clone()]);
+        }
+        if let Some(op) = paths.get_mut("/v1/keys").and_then(|i| i.post.as_mut()) {
+            op.parameters.get_or_insert_with(Vec::new).push(idempotency);
+        }
+    }
+}
+
+fn operations_mut(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.post,
+        &mut item.put,
+        &mut item.patch,
+        &mut item.delete,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// What the handlers' annotations leave out because every operation of a kind shares it:

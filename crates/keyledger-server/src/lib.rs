@@ -136,7 +136,7 @@ impl utoipa::Modify for Authentication {
             );
         }
         for item in openapi.paths.paths.values_mut() {
-            for op in operations_mut(item) {
+            for (_, op) in operations_mut(item) {
                 if let Some(security) = op.security.as_mut()
                     && !security.is_empty()
                 {
@@ -204,18 +204,25 @@ impl utoipa::Modify for CommandHeaders {
     }
 }
 
+/// The operations of a path item that the API uses, with their methods.
 fn operations_mut(
     item: &mut utoipa::openapi::PathItem,
-) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+) -> impl Iterator<
+    Item = (
+        utoipa::openapi::HttpMethod,
+        &mut utoipa::openapi::path::Operation,
+    ),
+> {
+    use utoipa::openapi::HttpMethod;
     [
-        &mut item.get,
-        &mut item.post,
-        &mut item.put,
-        &mut item.patch,
-        &mut item.delete,
+        (HttpMethod::Get, &mut item.get),
+        (HttpMethod::Post, &mut item.post),
+        (HttpMethod::Put, &mut item.put),
+        (HttpMethod::Patch, &mut item.patch),
+        (HttpMethod::Delete, &mut item.delete),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(method, op)| Some((method, op.as_mut()?)))
 }
 
 /// What the handlers' annotations leave out because every operation of a kind shares it:
@@ -263,16 +270,7 @@ impl utoipa::Modify for CommonResponses {
                 || path.ends_with("/events")
                 || path == "/v1/keys/{id}";
             let v1 = path.starts_with("/v1/");
-            for method in [
-                HttpMethod::Get,
-                HttpMethod::Post,
-                HttpMethod::Put,
-                HttpMethod::Patch,
-                HttpMethod::Delete,
-            ] {
-                let Some(op) = operation_mut(item, &method) else {
-                    continue;
-                };
+            for (method, op) in operations_mut(item) {
                 let responses = &mut op.responses.responses;
                 responses.entry("408".into()).or_insert_with(|| {
                     error(
@@ -303,21 +301,6 @@ impl utoipa::Modify for CommonResponses {
                 }
             }
         }
-    }
-}
-
-fn operation_mut<'a>(
-    item: &'a mut utoipa::openapi::PathItem,
-    method: &utoipa::openapi::HttpMethod,
-) -> Option<&'a mut utoipa::openapi::path::Operation> {
-    use utoipa::openapi::HttpMethod;
-    match method {
-        HttpMethod::Get => item.get.as_mut(),
-        HttpMethod::Post => item.post.as_mut(),
-        HttpMethod::Put => item.put.as_mut(),
-        HttpMethod::Patch => item.patch.as_mut(),
-        HttpMethod::Delete => item.delete.as_mut(),
-        _ => None,
     }
 }
 

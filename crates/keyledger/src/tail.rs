@@ -13,6 +13,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+const DEFAULT_FROM: &str = "new";
+
 /// Where events are followed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Source {
@@ -32,7 +36,7 @@ pub struct Options {
         long,
         env = "KEYLEDGER_NATS_URL",
         hide_env_values = true,
-        default_value = "nats://127.0.0.1:4222"
+        default_value = DEFAULT_NATS_URL
     )]
     pub nats_url: String,
     /// NATS only: subject filter, e.g. `keyledger.keys.acme.>` or `keyledger.keys.*.*.rotated`
@@ -50,7 +54,7 @@ pub struct Options {
     pub api_key: Option<String>,
     /// `new` (default), `all`, or the seq to start from: the log seq, or on NATS the stream
     /// sequence (the same number unless the stream was emptied or recreated).
-    #[arg(long, default_value = "new")]
+    #[arg(long, default_value = DEFAULT_FROM)]
     pub from: String,
     /// Print each envelope as one JSON line.
     #[arg(long)]
@@ -62,7 +66,7 @@ pub struct Options {
     #[arg(long)]
     pub signing_keys: Option<PathBuf>,
     /// ... or the service to fetch them from; with `--source log`, also the service to follow.
-    #[arg(long, env = "KEYLEDGER_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(long, env = "KEYLEDGER_URL", default_value = DEFAULT_URL)]
     pub url: String,
     /// Stop after this many events.
     #[arg(long)]
@@ -74,16 +78,16 @@ impl Options {
     pub fn new(source: Source) -> Self {
         Self {
             source,
-            nats_url: "nats://127.0.0.1:4222".into(),
+            nats_url: DEFAULT_NATS_URL.into(),
             subject: None,
             account: None,
             event_type: None,
             api_key: None,
-            from: "new".into(),
+            from: DEFAULT_FROM.into(),
             json: false,
             verify: false,
             signing_keys: None,
-            url: "http://127.0.0.1:8080".into(),
+            url: DEFAULT_URL.into(),
             limit: None,
         }
     }
@@ -91,18 +95,18 @@ impl Options {
 
 /// `--from`, parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum From {
+enum Start {
     New,
     All,
     Seq(u64),
 }
 
-fn parse_from(s: &str) -> anyhow::Result<From> {
+fn parse_from(s: &str) -> anyhow::Result<Start> {
     Ok(match s {
-        "new" => From::New,
-        "all" => From::All,
+        "new" => Start::New,
+        "all" => Start::All,
         n => match n.parse() {
-            Ok(seq) if seq > 0 => From::Seq(seq),
+            Ok(seq) if seq > 0 => Start::Seq(seq),
             _ => bail!("--from: `new`, `all` or a seq from 1 on, not `{n}`"),
         },
     })
@@ -113,6 +117,9 @@ fn parse_from(s: &str) -> anyhow::Result<From> {
 pub async fn run(opts: Options, out: &mut (impl Write + Send)) -> anyhow::Result<()> {
     let from = parse_from(&opts.from)?;
     check_options(&opts)?;
+    if opts.limit == Some(0) {
+        return Ok(());
+    }
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()?;
@@ -129,9 +136,6 @@ pub async fn run(opts: Options, out: &mut (impl Write + Send)) -> anyhow::Result
         seen: 0,
         limit: opts.limit,
     };
-    if opts.limit == Some(0) {
-        return Ok(());
-    }
     match opts.source {
         Source::Nats => follow_nats(&opts, from, &mut printer).await,
         Source::Log => follow_log(&opts, from, &client, &mut printer).await,
@@ -193,7 +197,8 @@ struct Printer<'a, W> {
 
 impl<W: Write> Printer<'_, W> {
     /// Prints one envelope (after checking it, with `--verify`); `Ok(false)` once the limit is
-    /// reached. `header_hash` is the hash the transport announced beside the payload, if any.
+    /// reached. `header_hash` is the hash a transport that carries one sent beside the payload
+    /// (NATS's `Keyledger-Hash`); `None` where there is none (the event stream).
     fn event(&mut self, payload: &[u8], header_hash: Option<&str>) -> anyhow::Result<bool> {
         let env: Value = serde_json::from_slice(payload).context("an event that is not JSON")?;
         let seq = env.get("seq").and_then(Value::as_u64).unwrap_or(0);
@@ -227,8 +232,8 @@ impl<W: Write> Printer<'_, W> {
 }
 
 /// Checks one envelope: its `hash` is the recomputed hash of the payload (and equals
-/// `header_hash` when the transport sent one), the signature verifies, and for consecutive
-/// seqs `prev_hash` links to the previous event.
+/// `header_hash`, where the transport carries one), the signature verifies, and for
+/// consecutive seqs `prev_hash` links to the previous event.
 fn check(
     env: &Value,
     header_hash: Option<&str>,
@@ -258,25 +263,24 @@ fn check(
 
 async fn follow_nats<W: Write>(
     opts: &Options,
-    from: From,
+    from: Start,
     printer: &mut Printer<'_, W>,
 ) -> anyhow::Result<()> {
     let from = match from {
-        From::New => TailFrom::New,
-        From::All => TailFrom::All,
-        From::Seq(n) => TailFrom::StreamSeq(n),
+        Start::New => TailFrom::New,
+        Start::All => TailFrom::All,
+        Start::Seq(n) => TailFrom::StreamSeq(n),
     };
     let subject = opts.subject.as_deref().unwrap_or("keyledger.keys.>");
     let mut failed = None;
     keyledger_nats::tail(&opts.nats_url, subject, from, |msg| {
+        // The publisher always sends the header: a message without it fails verification.
         let hash = msg
             .headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("Keyledger-Hash"))
-            .map(|(_, v)| v.as_str());
-        // Verifying, a message without the header fails: the publisher always sends it.
-        let hash = hash.or(printer.verifier.is_some().then_some(""));
-        match printer.event(&msg.payload, hash) {
+            .map_or("", |(_, v)| v.as_str());
+        match printer.event(&msg.payload, Some(hash)) {
             Ok(more) => more,
             Err(e) => {
                 failed = Some(e.context(format!("stream seq {}", msg.stream_seq)));
@@ -298,16 +302,16 @@ enum Ended {
 
 async fn follow_log<W: Write>(
     opts: &Options,
-    from: From,
+    from: Start,
     client: &reqwest::Client,
     printer: &mut Printer<'_, W>,
 ) -> anyhow::Result<()> {
     let api_key = opts.api_key.as_deref().unwrap_or_default();
     let base = opts.url.trim_end_matches('/');
     let mut after = match from {
-        From::All => 0,
-        From::Seq(n) => n - 1,
-        From::New => log_head(client, base).await?,
+        Start::All => 0,
+        Start::Seq(n) => n - 1,
+        Start::New => log_head(client, base).await?,
     };
     let mut connected_once = false;
     let mut backoff = Duration::from_millis(250);
@@ -402,13 +406,13 @@ async fn read_stream<W: Write>(
 
 #[cfg(test)]
 mod tests {
-    use super::{From, parse_from};
+    use super::{Start, parse_from};
 
     #[test]
     fn from_takes_new_all_or_a_positive_seq() {
-        assert_eq!(parse_from("new").unwrap(), From::New);
-        assert_eq!(parse_from("all").unwrap(), From::All);
-        assert_eq!(parse_from("42").unwrap(), From::Seq(42));
+        assert_eq!(parse_from("new").unwrap(), Start::New);
+        assert_eq!(parse_from("all").unwrap(), Start::All);
+        assert_eq!(parse_from("42").unwrap(), Start::Seq(42));
         for bad in ["0", "-1", "x", ""] {
             let e = parse_from(bad).unwrap_err().to_string();
             assert!(e.contains("--from"), "{e}");

@@ -192,6 +192,13 @@ impl Harness {
         }
     }
 
+    /// The log's last seq, as `/readyz` reports it.
+    pub async fn log_head(&self) -> u64 {
+        self.get("/readyz", &self.admin).await.expect(200).json()["log_head"]
+            .as_u64()
+            .expect("log_head")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

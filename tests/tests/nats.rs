@@ -7,12 +7,6 @@ use keyledger_e2e::nats::{NatsServer, read_stream};
 use keyledger_e2e::*;
 use std::time::Duration;
 
-async fn head(h: &Harness) -> u64 {
-    h.get("/readyz", &h.admin).await.expect(200).json()["log_head"]
-        .as_u64()
-        .unwrap()
-}
-
 /// Waits until the publisher is connected and has nothing left to publish.
 async fn published(h: &Harness) {
     eventually(
@@ -67,7 +61,7 @@ async fn every_event_reaches_the_stream_once_in_order_with_subject_and_headers()
         .expect(200);
     h.delete(&path, &h.admin).await.expect(204);
     published(&h).await;
-    let head = head(&h).await;
+    let head = h.log_head().await;
     assert_eq!(head, 5);
     let messages = read_stream(&nats.url(), head as usize, Duration::from_secs(10)).await;
     assert_stream_is_the_log(&messages, head);
@@ -150,7 +144,7 @@ async fn commands_succeed_while_nats_is_down_and_every_event_arrives_once_after_
     );
     nats.restart();
     published(&h).await;
-    let head = head(&h).await;
+    let head = h.log_head().await;
     assert_eq!(head, 1 + 20 + 150 + 20);
     let messages = read_stream(&nats.url(), head as usize, Duration::from_secs(10)).await;
     assert_stream_is_the_log(&messages, head);

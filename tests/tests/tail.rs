@@ -70,12 +70,6 @@ fn seqs(envs: &[Value]) -> Vec<u64> {
     envs.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
 }
 
-async fn head(h: &Harness) -> u64 {
-    h.get("/readyz", &h.admin).await.expect(200).json()["log_head"]
-        .as_u64()
-        .unwrap()
-}
-
 /// Creates, updates, resets and deletes keys, in `account` (or the default); the log's head.
 async fn history(h: &Harness, account: Option<&str>) -> u64 {
     for i in 0..3 {
@@ -97,7 +91,7 @@ async fn history(h: &Harness, account: Option<&str>) -> u64 {
             h.delete(&path, &h.admin).await.expect(204);
         }
     }
-    head(h).await
+    h.log_head().await
 }
 
 /// Tails from the start to `head`, verifying: exactly the stored envelopes, each once, in order.

@@ -235,6 +235,17 @@ impl Harness {
         self.send_auth(method, path, Auth::Bearer(key), body).await
     }
 
+    /// Sends `body` as written, as `application/json`, with `Authorization: Bearer <key>`: for
+    /// JSON a `Value` cannot hold (integer literals beyond 64 bits, duplicate keys).
+    pub async fn send_text(&self, method: Method, path: &str, key: &str, body: &str) -> Resp {
+        let rb = self
+            .request(method, path)
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        Resp::from(rb.send().await.expect("request reaches the server")).await
+    }
+
     pub async fn get(&self, path: &str, key: &str) -> Resp {
         self.send(Method::GET, path, key, None).await
     }

@@ -260,6 +260,53 @@ async fn malformed_json_is_400_invalid_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_integers_beyond_a_double_are_refused_as_written_not_stored_rounded() {
+    let h = Harness::start().await;
+    // Literals beyond i64/u64 reach the server's parser as floats; they must not be stored as one.
+    for n in [
+        "9007199254740992",
+        "18446744073709551616",
+        "-123456789012345678901",
+    ] {
+        let body = format!(r#"{{"name":"a","metadata":{{"deep":[{{"n":{n}}}]}}}}"#);
+        let err = h
+            .send_text(Method::POST, "/v1/keys", &h.admin, &body)
+            .await
+            .expect_error(400, "validation_failed");
+        assert_eq!(
+            err["message"], "metadata: integers must lie within ±9007199254740991",
+            "{n}"
+        );
+    }
+    let (key, _) = h.create_key(json!({ "name": "b" })).await;
+    let body = r#"{"metadata":{"n":99999999999999999999999}}"#;
+    let path = format!("/v1/keys/{}", key["id"].as_str().unwrap());
+    h.send_text(Method::PATCH, &path, &h.admin, body)
+        .await
+        .expect_invalid_field("metadata");
+    let list = h.get("/v1/keys", &h.admin).await.expect(200).json();
+    assert_eq!(list["total"], 2, "the admin and b only: {list}");
+    let b = h.get(&path, &h.admin).await.expect(200).json();
+    assert_eq!(
+        (&b["metadata"], &b["version"]),
+        (&json!({}), &json!(1)),
+        "{b}"
+    );
+    // The largest exact integer and a large float written as one are kept as they are.
+    let body = r#"{"name":"a","metadata":{"n":-9007199254740991,"f":1e21}}"#;
+    let created = h
+        .send_text(Method::POST, "/v1/keys", &h.admin, body)
+        .await
+        .expect(201)
+        .json();
+    assert_eq!(
+        created["key"]["metadata"],
+        json!({"n": -9007199254740991i64, "f": 1e21}),
+        "{created}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_json_content_type_is_415() {
     let h = Harness::start().await;
     let r = h

@@ -2,9 +2,12 @@
 
 use keyledger_core::Timestamp;
 use keyledger_core::event::present;
+use keyledger_core::validate::MAX_SAFE_INTEGER;
 use keyledger_service::{KeyEntry, Verification};
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -106,7 +109,8 @@ pub struct CreateKeyRequest {
     /// RFC 3339, in the future.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
-    /// A JSON object of at most 8 KiB.
+    /// A JSON object of at most 8 KiB; integers within ±(2^53 − 1).
+    #[serde(default, deserialize_with = "metadata")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     /// `[a-z0-9]{1,16}`, default `kl`.
@@ -167,8 +171,67 @@ pub struct UpdateKeyRequest {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<Timestamp>>,
     /// Replaces the whole object.
+    #[serde(default, deserialize_with = "metadata")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+}
+
+/// `metadata` as written: serde_json reads an integer literal beyond u64/i64 as a float, so the
+/// domain's check on the parsed value would see `123456789012345678901` only as the different
+/// number `1.2345678901234568e20`, and store that. Such literals are refused here instead.
+fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    let Some(raw) = Option::<Box<RawValue>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if inexact_integer(raw.get()).is_some() {
+        // The domain's message for the integers serde_json does read as integers.
+        return Err(D::Error::custom(format_args!(
+            "integers must lie within ±{MAX_SAFE_INTEGER}"
+        )));
+    }
+    serde_json::from_str(raw.get())
+        .map(Some)
+        .map_err(D::Error::custom)
+}
+
+/// The first integer literal (no fraction, no exponent) in valid JSON `text` whose magnitude
+/// exceeds 2^53 − 1, skipping strings.
+fn inexact_integer(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    i += if c == b'\\' { 2 } else { 1 };
+                    if c == b'"' {
+                        break;
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while bytes
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                {
+                    i += 1;
+                }
+                let literal = &text[start..i];
+                let is_integer = !literal.contains(['.', 'e', 'E']);
+                let exact = literal
+                    .trim_start_matches('-')
+                    .parse::<u64>()
+                    .is_ok_and(|n| n <= MAX_SAFE_INTEGER);
+                if is_integer && !exact {
+                    return Some(literal);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -329,4 +392,68 @@ pub struct NatsStatus {
     pub lag_events: u64,
     /// Age of the oldest event not yet in the stream.
     pub lag_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::parse_body;
+
+    #[test]
+    fn integer_literals_a_double_cannot_hold_are_found_outside_strings_only() {
+        let cases = [
+            (r#"{"a":9007199254740991,"b":-9007199254740991}"#, None),
+            (r#"{"a":9007199254740992}"#, Some("9007199254740992")),
+            (
+                r#"{"a":[1,-123456789012345678901]}"#,
+                Some("-123456789012345678901"),
+            ),
+            (r#"{"a":1e21,"b":123456789012345678901.5,"c":-0}"#, None),
+            (
+                r#"{"a":"123456789012345678901","b\"99999999999999999999":2}"#,
+                None,
+            ),
+            (
+                r#"{"a":"\\","b":99999999999999999999}"#,
+                Some("99999999999999999999"),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(inexact_integer(text), expected, "{text}");
+        }
+    }
+
+    fn refusal<T: serde::de::DeserializeOwned>(body: &str) -> String {
+        match parse_body::<T>(body.as_bytes()) {
+            Ok(_) => "ok".into(),
+            Err(e) => format!("{} {}", e.code, e.message),
+        }
+    }
+
+    #[test]
+    fn metadata_with_an_integer_beyond_u64_is_refused_not_stored_as_another_number() {
+        assert_eq!(
+            refusal::<CreateKeyRequest>(r#"{"name":"n","metadata":{"n":123456789012345678901}}"#),
+            "validation_failed metadata: integers must lie within ±9007199254740991"
+        );
+        assert_eq!(
+            refusal::<UpdateKeyRequest>(r#"{"metadata":{"n":[18446744073709551616]}}"#),
+            "validation_failed metadata: integers must lie within ±9007199254740991"
+        );
+    }
+
+    #[test]
+    fn metadata_keeps_its_values_and_null_or_absence_still_mean_none() {
+        let r: CreateKeyRequest =
+            parse_body(br#"{"name":"n","metadata":{"n":9007199254740991,"f":1e21,"s":"x"}}"#)
+                .unwrap();
+        assert_eq!(
+            r.metadata,
+            Some(serde_json::json!({"n":9007199254740991u64,"f":1e21,"s":"x"}))
+        );
+        let r: UpdateKeyRequest = parse_body(br#"{"metadata":null}"#).unwrap();
+        assert_eq!(r.metadata, None);
+        let r: UpdateKeyRequest = parse_body(b"{}").unwrap();
+        assert_eq!(r.metadata, None);
+    }
 }

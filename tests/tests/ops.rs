@@ -235,6 +235,34 @@ async fn the_if_match_pattern_admits_exactly_what_the_server_accepts() {
     }
 }
 
+/// schemathesis warned on reset: its body was declared `null | ResetKeyRequest`, and a `null`
+/// body is refused. The declaration now says what the server takes: no body, or the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_declares_an_optional_object_body_and_takes_exactly_that() {
+    let h = Harness::start().await;
+    let doc = openapi(&h).await;
+    let body = &doc["paths"]["/v1/keys/{id}/reset"]["post"]["requestBody"];
+    assert_eq!(
+        body["content"]["application/json"]["schema"],
+        serde_json::json!({ "$ref": "#/components/schemas/ResetKeyRequest" }),
+        "{body}"
+    );
+    assert_ne!(body["required"], true, "{body}");
+    let (k, _) = h.create_key(serde_json::json!({ "name": "rotated" })).await;
+    let path = format!("/v1/keys/{}/reset", id_of(&k));
+    h.send(Method::POST, &path, &h.admin, None)
+        .await
+        .expect(200);
+    h.send_text(Method::POST, &path, &h.admin, "{}")
+        .await
+        .expect(200);
+    let err = h
+        .send_text(Method::POST, &path, &h.admin, "null")
+        .await
+        .expect_error(400, "validation_failed");
+    assert_eq!(err["message"], "body: must be a JSON object");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_route_is_404_with_envelope() {
     let h = Harness::start().await;

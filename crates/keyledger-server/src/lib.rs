@@ -109,7 +109,7 @@ impl Default for ServerConfig {
         handlers::signing_key, handlers::healthz, handlers::readyz,
         events::list_events, events::key_events, events::stream_events
     ),
-    modifiers(&Authentication, &CommonResponses, &CommandHeaders),
+    modifiers(&Authentication, &CommonResponses, &CommandHeaders, &OptionalResetBody),
     tags((name = "keys"), (name = "verify"), (name = "events"), (name = "ops"))
 )]
 pub struct ApiDoc;
@@ -200,6 +200,25 @@ impl utoipa::Modify for CommandHeaders {
         }
         if let Some(op) = paths.get_mut("/v1/keys").and_then(|i| i.post.as_mut()) {
             op.parameters.get_or_insert_with(Vec::new).push(idempotency);
+        }
+    }
+}
+
+/// Reset's body may be left out (no grace period), which the handler's `Option` declares; but it
+/// also makes the schema `null | ResetKeyRequest`, and a `null` body is refused like on every
+/// other endpoint: a body, when sent, is a JSON object.
+struct OptionalResetBody;
+
+impl utoipa::Modify for OptionalResetBody {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let body = openapi
+            .paths
+            .paths
+            .get_mut("/v1/keys/{id}/reset")
+            .and_then(|i| i.post.as_mut())
+            .and_then(|op| op.request_body.as_mut());
+        for content in body.into_iter().flat_map(|b| b.content.values_mut()) {
+            content.schema = Some(utoipa::openapi::Ref::from_schema_name("ResetKeyRequest").into());
         }
     }
 }

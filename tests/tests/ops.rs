@@ -235,6 +235,43 @@ async fn the_if_match_pattern_admits_exactly_what_the_server_accepts() {
     }
 }
 
+/// A scope the document admits is one the server accepts, and the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scope_schema_admits_exactly_what_the_server_accepts() {
+    let h = Harness::start().await;
+    let doc = openapi(&h).await;
+    let scope = &doc["components"]["schemas"]["Scope"];
+    let create = &doc["components"]["schemas"]["CreateKeyRequest"]["properties"]["scopes"];
+    assert_eq!(create["items"]["$ref"], "#/components/schemas/Scope");
+    let re = regex::Regex::new(scope["pattern"].as_str().expect("a pattern")).unwrap();
+    let (min, max) = (scope["minLength"].as_u64(), scope["maxLength"].as_u64());
+    for value in [
+        "invoices:write".to_string(),
+        "é".repeat(128),
+        "é".repeat(129),
+        String::new(),
+        "a b".into(),
+        " a".into(),
+        "a\u{1}".into(),
+        "a\u{85}".into(),
+        "a\u{3000}".into(),
+        "a\u{7f}".into(),
+    ] {
+        let chars = value.chars().count() as u64;
+        let admitted = re.is_match(&value)
+            && min.is_some_and(|m| chars >= m)
+            && max.is_some_and(|m| chars <= m);
+        let r = h
+            .post(
+                "/v1/keys",
+                &h.admin,
+                &serde_json::json!({ "name": "s", "scopes": [value] }),
+            )
+            .await;
+        assert_eq!(admitted, r.status == 201, "{value:?}: {}", r.body);
+    }
+}
+
 /// schemathesis warned on reset: its body was declared `null | ResetKeyRequest`, and a `null`
 /// body is refused. The declaration now says what the server takes: no body, or the object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

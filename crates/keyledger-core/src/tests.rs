@@ -82,6 +82,27 @@ fn a_scope_is_measured_in_characters_as_names_are() {
 }
 
 #[test]
+fn the_scope_and_ip_limits_count_distinct_entries_after_duplicates_are_dropped() {
+    use crate::validate::{allowed_ips, scopes};
+    let mut many: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+    many.push("s7".into());
+    assert_eq!(scopes(&many).unwrap().len(), 100);
+    many.push("s100".into());
+    assert_eq!(
+        scopes(&many).unwrap_err().to_string(),
+        "scopes: at most 100 scopes"
+    );
+    let mut ips: Vec<String> = (0..100).map(|i| format!("10.0.0.{i}")).collect();
+    ips.push("10.0.0.7/32".into());
+    assert_eq!(allowed_ips(&ips).unwrap().len(), 100);
+    ips.push("10.0.1.0/24".into());
+    assert_eq!(
+        allowed_ips(&ips).unwrap_err().to_string(),
+        "allowed_ips: at most 100 entries"
+    );
+}
+
+#[test]
 fn create_on_existing_stream_is_refused() {
     let state = given(&[Action::Create(new_key())]);
     assert_eq!(

@@ -69,12 +69,9 @@ pub fn prefix(value: &str) -> Result<(), DomainError> {
     }
 }
 
-/// Scopes keep their order; duplicates are dropped.
+/// Scopes keep their order; duplicates are dropped, and the limit counts distinct scopes.
 pub fn scopes(values: &[String]) -> Result<Vec<String>, DomainError> {
-    if values.len() > MAX_SCOPES {
-        return Err(invalid("scopes", format!("at most {MAX_SCOPES} scopes")));
-    }
-    let mut out: Vec<String> = Vec::with_capacity(values.len());
+    let mut out: Vec<String> = Vec::with_capacity(values.len().min(MAX_SCOPES));
     for (i, s) in values.iter().enumerate() {
         let field = format!("scopes[{i}]");
         if s.is_empty() || s.chars().count() > MAX_SCOPE {
@@ -84,18 +81,19 @@ pub fn scopes(values: &[String]) -> Result<Vec<String>, DomainError> {
             return Err(invalid(field, "must not contain whitespace"));
         }
         if !out.contains(s) {
+            if out.len() == MAX_SCOPES {
+                return Err(invalid("scopes", format!("at most {MAX_SCOPES} scopes")));
+            }
             out.push(s.clone());
         }
     }
     Ok(out)
 }
 
-/// Accepts addresses (`10.0.0.1`, `::1`) and CIDR blocks (`10.0.0.0/8`, `2001:db8::/32`).
+/// Accepts addresses (`10.0.0.1`, `::1`) and CIDR blocks (`10.0.0.0/8`, `2001:db8::/32`);
+/// duplicates are dropped, and the limit counts distinct blocks.
 pub fn allowed_ips(values: &[String]) -> Result<Vec<IpNet>, DomainError> {
-    if values.len() > MAX_IPS {
-        return Err(invalid("allowed_ips", format!("at most {MAX_IPS} entries")));
-    }
-    let mut out: Vec<IpNet> = Vec::with_capacity(values.len());
+    let mut out: Vec<IpNet> = Vec::with_capacity(values.len().min(MAX_IPS));
     for (i, v) in values.iter().enumerate() {
         let net = crate::model::parse_net(v).ok_or_else(|| {
             invalid(
@@ -104,6 +102,9 @@ pub fn allowed_ips(values: &[String]) -> Result<Vec<IpNet>, DomainError> {
             )
         })?;
         if !out.contains(&net) {
+            if out.len() == MAX_IPS {
+                return Err(invalid("allowed_ips", format!("at most {MAX_IPS} entries")));
+            }
             out.push(net);
         }
     }

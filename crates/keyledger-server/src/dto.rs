@@ -97,9 +97,9 @@ pub struct CreateKeyRequest {
     pub owner: Option<String>,
     #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub role: Option<String>,
-    /// At most 100, each 1 to 128 characters without whitespace.
+    /// At most 100 distinct scopes; duplicates are dropped.
     #[serde(default)]
-    #[schema(max_items = 100)]
+    #[schema(value_type = Vec<Scope>, max_items = 100)]
     pub scopes: Vec<String>,
     /// IPs or CIDR blocks, v4 or v6; empty = any. At most 100.
     #[serde(default)]
@@ -150,6 +150,26 @@ impl From<UpdateKeyRequest> for keyledger_core::KeyPatch {
     }
 }
 
+/// A scope as the domain accepts it, for the document only: requests carry plain strings.
+pub struct Scope;
+
+impl utoipa::PartialSchema for Scope {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use keyledger_core::validate::MAX_SCOPE;
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(format!(
+                "1 to {MAX_SCOPE} characters, no whitespace or control characters"
+            )))
+            .min_length(Some(1))
+            .max_length(Some(MAX_SCOPE))
+            .pattern(Some(r"^[^\s\x00-\x1f\x7f-\x9f]+$"))
+            .into()
+    }
+}
+
+impl ToSchema for Scope {}
+
 /// Absent fields stay unchanged; `null` clears `owner`, `role` and `expires_at`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -162,7 +182,8 @@ pub struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 64, pattern = r"\S")]
     pub role: Option<Option<String>>,
-    #[schema(max_items = 100)]
+    /// At most 100 distinct scopes; duplicates are dropped.
+    #[schema(value_type = Option<Vec<Scope>>, max_items = 100)]
     pub scopes: Option<Vec<String>>,
     #[schema(max_items = 100)]
     pub allowed_ips: Option<Vec<String>>,
@@ -325,8 +346,9 @@ pub struct ListParams {
     /// 1..=1000, default 50.
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
+    /// Keys to skip; not together with `cursor` (even `0`).
     pub offset: Option<usize>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page; not together with `offset`.
     pub cursor: Option<String>,
     /// `created_at` (default), `updated_at`, `name`, `last_used_at`.
     #[param(pattern = "^(created_at|updated_at|name|last_used_at)$")]

@@ -625,6 +625,34 @@ async fn delete_revokes_and_later_writes_conflict() {
     assert_eq!(h.verify_code(&secret).await, "REVOKED");
 }
 
+/// A field sent to DELETE (Unkey's `permanent`, say) is refused like anywhere else, not ignored
+/// while the key is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_refuses_a_body_with_fields_and_revokes_nothing() {
+    let h = Harness::start().await;
+    let (key, secret) = h.create_key(json!({ "name": "kept" })).await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+    let err = h
+        .send_text(Method::DELETE, &path, &h.admin, r#"{"permanent":true}"#)
+        .await
+        .expect_error(400, "validation_failed");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown field `permanent`"),
+        "{err}"
+    );
+    h.send_text(Method::DELETE, &path, &h.admin, "[]")
+        .await
+        .expect_invalid_field("body");
+    assert_eq!(h.verify_code(&secret).await, "VALID");
+    h.send_text(Method::DELETE, &path, &h.admin, " {} ")
+        .await
+        .expect(204);
+    assert_eq!(h.verify_code(&secret).await, "REVOKED");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_of_unknown_key_is_404() {
     let h = Harness::start().await;

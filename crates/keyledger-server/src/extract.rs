@@ -52,18 +52,29 @@ fn idempotency(
     })
 }
 
-/// The `Idempotency-Key` of a request without a body (DELETE).
-pub struct IdempotencyKey(pub Option<Idempotency>);
+/// A command without a body (DELETE): the body must be blank or `{}`, so that a field sent to
+/// it is refused as on every other endpoint rather than ignored. Carries the request's
+/// `Idempotency-Key`, fingerprinted over method and path.
+pub struct NoBody(pub Option<Idempotency>);
 
-impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+impl FromRequest<AppState> for NoBody {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let header = parts.headers.get(IDEMPOTENCY_KEY);
-        header
-            .map(|v| idempotency(v, &parts.method, parts.uri.path(), b""))
-            .transpose()
-            .map(IdempotencyKey)
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        // Taken out, so that the body check below does not fingerprint it a second time.
+        let idem = parts
+            .headers
+            .remove(IDEMPOTENCY_KEY)
+            .map(|v| idempotency(&v, &parts.method, parts.uri.path(), b""))
+            .transpose()?;
+        let JsonBody(NoFields {}, _) =
+            JsonBody::from_request(Request::from_parts(parts, body), state).await?;
+        Ok(NoBody(idem))
     }
 }
 

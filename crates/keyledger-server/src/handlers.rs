@@ -3,7 +3,7 @@
 use crate::AppState;
 use crate::dto::*;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Auth, IdempotencyKey, IfMatch, JsonBody, NoQuery, QueryParams};
+use crate::extract::{Auth, IfMatch, JsonBody, NoBody, NoQuery, QueryParams};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -276,7 +276,7 @@ pub async fn delete_key(
     Path(id): Path<String>,
     IfMatch(if_version): IfMatch,
     _: NoQuery,
-    IdempotencyKey(idem): IdempotencyKey,
+    NoBody(idem): NoBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let c = st
         .service

@@ -64,6 +64,32 @@ async fn unknown_or_malformed_key_is_401_without_echoing_it() {
     assert_eq!(r.status().as_u16(), 401);
 }
 
+/// The first key header present is the only one used, also when it holds nothing readable:
+/// an empty `Bearer`, an empty `X-API-Key` or one that is not ASCII is a 401, even beside a
+/// good `APIKEY`. An `Authorization` of another scheme (meant for a proxy) is no key header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_unreadable_key_header_is_refused_not_skipped() {
+    let h = Harness::start().await;
+    let unreadable = reqwest::header::HeaderValue::from_bytes(b"kl_\xe9").unwrap();
+    let cases: [(&str, reqwest::header::HeaderValue, u16); 5] = [
+        ("authorization", "Bearer".parse().unwrap(), 401),
+        ("authorization", "Bearer   ".parse().unwrap(), 401),
+        ("x-api-key", "".parse().unwrap(), 401),
+        ("x-api-key", unreadable, 401),
+        ("authorization", "Basic dXNlcjpwdw==".parse().unwrap(), 200),
+    ];
+    for (name, value, status) in cases {
+        let r = h
+            .request(Method::GET, "/v1/me")
+            .header(name, value.clone())
+            .header("apikey", &h.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{name}: {value:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_key_is_ignored_without_the_opt_in() {
     let h = Harness::start().await;

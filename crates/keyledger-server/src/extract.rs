@@ -295,19 +295,17 @@ impl Auth {
 /// The presented key, borrowed from the request where it can be (a header), decoded where it
 /// must be (the query).
 pub(crate) fn presented_key(parts: &Parts, allow_query: bool) -> Option<Cow<'_, str>> {
+    // A header that is present is the source, even empty or not ASCII (then it presents "",
+    // which no key matches): a later source must not stand in for a broken earlier one.
     let h = &parts.headers;
-    if let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let mut it = v.trim().splitn(2, ' ');
-        if let (Some(scheme), Some(token)) = (it.next(), it.next())
-            && scheme.eq_ignore_ascii_case("bearer")
-        {
+    if let Some(v) = h.get(header::AUTHORIZATION).map(header_text) {
+        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
             return Some(Cow::Borrowed(token.trim()));
         }
     }
-    for name in ["x-api-key", "apikey"] {
-        if let Some(v) = h.get(name).and_then(|v| v.to_str().ok()) {
-            return Some(Cow::Borrowed(v.trim()));
-        }
+    if let Some(v) = ["x-api-key", "apikey"].iter().find_map(|n| h.get(*n)) {
+        return Some(Cow::Borrowed(header_text(v)));
     }
     if allow_query {
         let q = parts.uri.query().unwrap_or("");
@@ -316,6 +314,10 @@ pub(crate) fn presented_key(parts: &Parts, allow_query: bool) -> Option<Cow<'_, 
             .map(|(_, v)| Cow::Owned(v.into_owned()));
     }
     None
+}
+
+fn header_text(v: &HeaderValue) -> &str {
+    v.to_str().unwrap_or("").trim()
 }
 
 /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the right-most

@@ -323,6 +323,40 @@ async fn non_json_content_type_is_415() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_body_is_415_naming_content_encoding() {
+    let h = Harness::start().await;
+    let r = h
+        .request(Method::POST, "/v1/keys")
+        .bearer_auth(&h.admin)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(&b"\x1f\x8b\x08\x00"[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unsupported_media_type", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Content-Encoding"),
+        "{v}"
+    );
+    let r = h
+        .request(Method::POST, "/v1/keys")
+        .bearer_auth(&h.admin)
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity")
+        .body(r#"{"name":"plain"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_64_kib_is_413() {
     let h = Harness::start().await;
     let body = json!({ "name": "a", "metadata": { "blob": "x".repeat(70 * 1024) } });

@@ -92,6 +92,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(is_json_media_type);
+        // Bodies are read as sent: a compressed one would otherwise be refused as invalid JSON.
+        let encoded = req
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
@@ -110,6 +115,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(parse_body(b"")?, fingerprint(b"{}")?));
+        }
+        if encoded {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Content-Encoding is not supported: send the body uncompressed",
+            ));
         }
         if is_json != Some(true) {
             return Err(ApiError::new(

@@ -264,14 +264,22 @@ impl SignatureVerifier {
         }
     }
 
-    /// From `GET /v1/signing-key` entries.
+    /// From `GET /v1/signing-key` entries. Each id must be the one its public key gives (see
+    /// [`key_id`]), so that a list cannot attribute one key's signatures to another id.
     pub fn from_public(keys: &[PublicKeyInfo]) -> Result<Self, String> {
         let mut out = Vec::new();
         for k in keys {
             let bytes = B64.decode(&k.public_key).map_err(|e| e.to_string())?;
             let arr: [u8; 32] = bytes.try_into().map_err(|_| "public key is not 32 bytes")?;
             let vk = VerifyingKey::from_bytes(&arr).map_err(|e| e.to_string())?;
-            out.push((k.id.clone(), vk));
+            let id = key_id(&vk);
+            if id != k.id {
+                return Err(format!(
+                    "signing key {}: the id of its public key is {id}",
+                    k.id
+                ));
+            }
+            out.push((id, vk));
         }
         Ok(Self::new(out))
     }
@@ -321,6 +329,24 @@ mod tests {
                 prop_assert_eq!(&keys.sign(h).1, &got[0]);
             }
         }
+    }
+
+    #[test]
+    fn a_published_key_whose_id_is_not_its_own_is_refused() {
+        let a = SigningKeys::ephemeral([1; 32], Timestamp(0));
+        let b = SigningKeys::ephemeral([2; 32], Timestamp(0));
+        let mut published = a.public_keys();
+        assert!(SignatureVerifier::from_public(&published).is_ok());
+        published[0].id = b.active_id().to_owned();
+        let err = SignatureVerifier::from_public(&published).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "signing key {}: the id of its public key is {}",
+                b.active_id(),
+                a.active_id()
+            )
+        );
     }
 
     #[test]

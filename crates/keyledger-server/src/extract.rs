@@ -210,18 +210,35 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// `path: message`, where serde's "at line.. column.." suffix is dropped. Unknown-field errors
-/// already name the field.
+/// `path: message`, where serde's "at line.. column.." suffix is dropped and Rust's names for
+/// numbers are said in words. Unknown-field errors already name the field.
 fn field_message(path: &str, message: &str) -> String {
-    let message = message
-        .split(" at line ")
-        .next()
-        .unwrap_or(message)
-        .to_string();
+    let message = message.split(" at line ").next().unwrap_or(message);
+    let message = plain_numbers(message);
     if path.is_empty() || path == "." || message.starts_with("unknown field") {
         message
     } else {
         format!("{path}: {message}")
+    }
+}
+
+/// serde and `str::parse` name Rust's integer types (`expected u64`) or say nothing of what was
+/// wanted (`invalid digit found in string`, from a query parameter).
+fn plain_numbers(message: &str) -> String {
+    const WANTED: &str = "a non-negative integer";
+    for rust in ["u64", "usize", "u32", "u16", "u8"] {
+        if let Some(head) = message.strip_suffix(rust)
+            && head.ends_with("expected ")
+        {
+            return format!("{head}{WANTED}");
+        }
+    }
+    match message {
+        "invalid digit found in string" | "cannot parse integer from empty string" => {
+            format!("expected {WANTED}")
+        }
+        "number too large to fit in target type" => format!("expected {WANTED} within range"),
+        _ => message.to_owned(),
     }
 }
 
@@ -459,6 +476,37 @@ mod tests {
         );
         assert!(code(r#"{"name":"a","x":1}"#).starts_with("validation_failed unknown field `x`"));
         assert_eq!(code("[]"), "validation_failed body: must be a JSON object");
+    }
+
+    #[test]
+    fn refusals_say_which_number_was_wanted_in_words_not_rust_types() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Body {
+            #[allow(dead_code)]
+            n: u64,
+        }
+        let message = |body: &str| parse_body::<Body>(body.as_bytes()).unwrap_err().message;
+        assert_eq!(
+            message(r#"{"n":-1}"#),
+            "n: invalid value: integer `-1`, expected a non-negative integer"
+        );
+        assert_eq!(
+            message(r#"{"n":"x"}"#),
+            "n: invalid type: string \"x\", expected a non-negative integer"
+        );
+        for (query, expected) in [
+            ("n=abc", "n: expected a non-negative integer"),
+            ("n=", "n: expected a non-negative integer"),
+            (
+                "n=99999999999999999999",
+                "n: expected a non-negative integer within range",
+            ),
+        ] {
+            let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+            let e = serde_path_to_error::deserialize::<_, Body>(de).unwrap_err();
+            let got = field_message(&e.path().to_string(), &e.into_inner().to_string());
+            assert_eq!(got, expected, "{query}");
+        }
     }
 
     #[test]

@@ -103,6 +103,27 @@ fn the_scope_and_ip_limits_count_distinct_entries_after_duplicates_are_dropped()
 }
 
 #[test]
+fn a_name_of_invisible_characters_only_is_empty_but_one_with_a_joiner_inside_is_kept() {
+    use crate::validate::{name, owner};
+    for blank in [
+        "\u{200b}",
+        " \u{200b}\u{feff} ",
+        "\u{2060}\u{3164}",
+        "\u{00ad}\t",
+    ] {
+        assert_eq!(
+            name(blank).unwrap_err().to_string(),
+            "name: must not be empty",
+            "{blank:?}"
+        );
+        assert!(owner(Some(blank)).is_err(), "{blank:?}");
+    }
+    for kept in ["a\u{200b}b", "\u{200d}x", "👩\u{200d}💻"] {
+        assert!(name(kept).is_ok(), "{kept:?}");
+    }
+}
+
+#[test]
 fn create_on_existing_stream_is_refused() {
     let state = given(&[Action::Create(new_key())]);
     assert_eq!(

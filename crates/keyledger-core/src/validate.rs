@@ -24,7 +24,7 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> DomainError 
 
 fn text(field: &str, value: &str, max: usize) -> Result<(), DomainError> {
     let len = value.chars().count();
-    if value.trim().is_empty() {
+    if value.chars().all(|c| c.is_whitespace() || is_invisible(c)) {
         return Err(invalid(field, "must not be empty"));
     }
     if len > max {
@@ -34,6 +34,31 @@ fn text(field: &str, value: &str, max: usize) -> Result<(), DomainError> {
         return Err(invalid(field, "must not contain control characters"));
     }
     Ok(())
+}
+
+/// Characters that show nothing and are not whitespace (Unicode's default-ignorable code points
+/// and the Hangul fillers): a name of only these would list as blank.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{34f}'
+            | '\u{61c}'
+            | '\u{115f}'..='\u{1160}'
+            | '\u{17b4}'..='\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
+            | '\u{feff}'
+            | '\u{ffa0}'
+            | '\u{fff0}'..='\u{fff8}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}'
+    )
 }
 
 pub fn name(value: &str) -> Result<(), DomainError> {

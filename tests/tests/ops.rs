@@ -92,7 +92,15 @@ async fn openapi_document_describes_the_key_api() {
         doc["openapi"]
     );
     let paths = doc["paths"].as_object().expect("paths object");
-    for p in ["/v1/keys", "/v1/verify", "/v1/me"] {
+    for p in [
+        "/v1/keys",
+        "/v1/verify",
+        "/v1/me",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
         assert!(
             paths.contains_key(p),
             "{p} missing from {:?}",

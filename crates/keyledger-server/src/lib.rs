@@ -106,7 +106,7 @@ impl Default for ServerConfig {
     paths(
         handlers::create_key, handlers::list_keys, handlers::get_key, handlers::update_key,
         handlers::reset_key, handlers::delete_key, handlers::me, handlers::verify,
-        handlers::signing_key, handlers::healthz, handlers::readyz,
+        handlers::signing_key, handlers::healthz, handlers::readyz, render_metrics, openapi,
         events::list_events, events::key_events, events::stream_events
     ),
     modifiers(&Authentication, &CommonResponses, &CommandHeaders, &OptionalResetBody),
@@ -405,6 +405,10 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// Metrics in the Prometheus / OpenMetrics text format (see API.md for the series).
+#[utoipa::path(get, path = "/metrics", tag = "ops", operation_id = "metrics",
+    responses((status = 200, description = "OpenMetrics text",
+               content_type = "application/openmetrics-text", body = String)))]
 async fn render_metrics(State(st): State<AppState>) -> impl IntoResponse {
     let head = st.service.head();
     let o = st.service.outbox().snapshot();
@@ -425,6 +429,9 @@ async fn render_metrics(State(st): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "the OpenAPI document", body = Object)))]
 async fn openapi() -> impl IntoResponse {
     axum::Json(ApiDoc::openapi())
 }

@@ -80,6 +80,10 @@ struct Args {
     /// latencies grow by a scheduler slice (p99 ~4 ms instead of ~1 ms on 2 cores).
     #[arg(long, default_value_t = default_client_threads())]
     client_threads: usize,
+    /// Worker threads of the server's runtime, as `serve --worker-threads`; default: one per
+    /// core, as `serve` has.
+    #[arg(long)]
+    server_worker_threads: Option<usize>,
     /// Where each run's copy of the data set (and the fsync probe file) goes; its disk is the
     /// one measured. Default: the system temp dir.
     #[arg(long)]
@@ -202,12 +206,14 @@ fn main() -> anyhow::Result<()> {
     let table = table(&data, &args, &r);
     println!();
     println!(
-        "keyledger-bench: {} keys, {} events, {} connections, {} client threads, {} s per HTTP \
-         scenario, {} cores",
+        "keyledger-bench: {} keys, {} events, {} connections, {} client threads, {} server \
+         worker threads, {} s per HTTP scenario, {} cores",
         thousands(data.keys),
         thousands(data.events),
         args.connections,
         args.client_threads,
+        args.server_worker_threads
+            .map_or_else(|| "default".to_owned(), |n| n.to_string()),
         args.duration,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -406,10 +412,11 @@ fn fsync_loop(dir: &Path, seconds: f64) -> anyhow::Result<(f64, Latency)> {
 }
 
 fn http_scenarios(data: &dataset::Dataset, args: &Args, r: &mut Results) -> anyhow::Result<()> {
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("server")
-        .build()?;
+    let mut server_rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.server_worker_threads {
+        server_rt.worker_threads(n.max(1));
+    }
+    let server_rt = server_rt.enable_all().thread_name("server").build()?;
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .enable_all()

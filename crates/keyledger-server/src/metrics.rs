@@ -38,6 +38,7 @@ pub struct Metrics {
     committed_events: Counter,
     keys: Gauge,
     log_head: Gauge,
+    worker_threads: Gauge,
     nats_connected: Gauge,
     nats_lag_events: Gauge,
     nats_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -60,6 +61,7 @@ impl Default for Metrics {
         let committed_events = Counter::default();
         let keys = Gauge::default();
         let log_head = Gauge::default();
+        let worker_threads = Gauge::default();
         let nats_connected = Gauge::default();
         let nats_lag_events = Gauge::default();
         let nats_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
@@ -102,6 +104,11 @@ impl Default for Metrics {
             log_head.clone(),
         );
         registry.register(
+            "keyledger_worker_threads",
+            "Worker threads of the runtime that serves HTTP (serve --worker-threads)",
+            worker_threads.clone(),
+        );
+        registry.register(
             "keyledger_nats_connected",
             "1 when the NATS publisher is connected (0 also when NATS is not configured)",
             nats_connected.clone(),
@@ -131,6 +138,7 @@ impl Default for Metrics {
             committed_events,
             keys,
             log_head,
+            worker_threads,
             nats_connected,
             nats_lag_events,
             nats_lag_seconds,
@@ -172,6 +180,9 @@ impl Metrics {
     pub fn render(&self, keys: usize, head: u64, nats: Option<(bool, u64, f64)>) -> String {
         self.keys.set(keys as i64);
         self.log_head.set(head as i64);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.worker_threads.set(rt.metrics().num_workers() as i64);
+        }
         if let Some((connected, lag_events, lag_seconds)) = nats {
             self.nats_connected.set(i64::from(connected));
             self.nats_lag_events.set(lag_events as i64);

@@ -97,6 +97,12 @@ enum Command {
         #[arg(long = "trusted-proxy", env = "KEYLEDGER_TRUSTED_PROXIES", value_delimiter = ',',
               value_parser = parse_net)]
         trusted_proxies: Vec<ipnet::IpNet>,
+        /// Threads that serve HTTP (and publish to NATS); default: one per core. Fewer than
+        /// the cores steadies verify's latency tail when other busy processes (a gateway, a
+        /// load generator) share the cores, at some throughput (see docs/BENCHMARKS.md).
+        #[arg(long, env = "KEYLEDGER_WORKER_THREADS",
+              value_parser = clap::value_parser!(u16).range(1..))]
+        worker_threads: Option<u16>,
     },
     /// Rebuild every read model from the log.
     Replay {
@@ -218,9 +224,15 @@ fn run() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve {
+        worker_threads: Some(n),
+        ..
+    } = &cli.command
+    {
+        rt.worker_threads(usize::from(*n));
+    }
+    let rt = rt.enable_all().build()?;
     match cli.command {
         Command::Serve {
             data,
@@ -232,6 +244,7 @@ fn run() -> anyhow::Result<()> {
             tls_key,
             key_rate_limit,
             trusted_proxies,
+            worker_threads: _,
         } => rt.block_on(serve(ServeOptions {
             data_dir: data.data_dir,
             listen,

@@ -107,6 +107,15 @@ fn serve_refuses_a_key_rate_limit_of_zero() {
 }
 
 #[test]
+fn serve_refuses_zero_worker_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = keyledger(&["serve", "--worker-threads", "0"], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--worker-threads"), "{stderr}");
+}
+
+#[test]
 fn keys_list_into_a_closed_pipe_exits_cleanly() {
     let dir = populated();
     let mut child = Command::new(env!("CARGO_BIN_EXE_keyledger"))
@@ -341,6 +350,22 @@ fn serve_prints_the_bootstrap_key_once_and_stops_cleanly_on_sigterm() {
     let (status, _) = http(second.addr, "GET", "/v1/me", &key, None);
     assert_eq!(status, 200);
     second.stop();
+}
+
+#[test]
+fn serve_runs_as_many_worker_threads_as_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, env, expected) in [
+        (&["--worker-threads", "1"][..], &[][..], 1),
+        (&[][..], &[("KEYLEDGER_WORKER_THREADS", "3")][..], 3),
+    ] {
+        let served = serve_with(dir.path(), args, env, None);
+        let (status, metrics) = http(served.addr, "GET", "/metrics", "", None);
+        assert_eq!(status, 200);
+        let line = format!("\nkeyledger_worker_threads {expected}\n");
+        assert!(metrics.contains(&line), "{args:?} {env:?}: {metrics}");
+        served.stop();
+    }
 }
 
 #[test]

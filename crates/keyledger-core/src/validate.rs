@@ -94,9 +94,16 @@ pub fn prefix(value: &str) -> Result<(), DomainError> {
     }
 }
 
-/// Scopes keep their order; duplicates are dropped, and the limit counts distinct scopes.
+/// Scopes keep their order; duplicates are dropped after the limit, which counts them (as the
+/// OpenAPI document's `maxItems` does).
 pub fn scopes(values: &[String]) -> Result<Vec<String>, DomainError> {
-    let mut out: Vec<String> = Vec::with_capacity(values.len().min(MAX_SCOPES));
+    if values.len() > MAX_SCOPES {
+        return Err(invalid(
+            "scopes",
+            format!("at most {MAX_SCOPES} scopes, duplicates included"),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(values.len());
     for (i, s) in values.iter().enumerate() {
         let field = format!("scopes[{i}]");
         if s.is_empty() || s.chars().count() > MAX_SCOPE {
@@ -106,9 +113,6 @@ pub fn scopes(values: &[String]) -> Result<Vec<String>, DomainError> {
             return Err(invalid(field, "must not contain whitespace"));
         }
         if !out.contains(s) {
-            if out.len() == MAX_SCOPES {
-                return Err(invalid("scopes", format!("at most {MAX_SCOPES} scopes")));
-            }
             out.push(s.clone());
         }
     }
@@ -116,9 +120,15 @@ pub fn scopes(values: &[String]) -> Result<Vec<String>, DomainError> {
 }
 
 /// Accepts addresses (`10.0.0.1`, `::1`) and CIDR blocks (`10.0.0.0/8`, `2001:db8::/32`);
-/// duplicates are dropped, and the limit counts distinct blocks.
+/// duplicates are dropped after the limit, which counts them.
 pub fn allowed_ips(values: &[String]) -> Result<Vec<IpNet>, DomainError> {
-    let mut out: Vec<IpNet> = Vec::with_capacity(values.len().min(MAX_IPS));
+    if values.len() > MAX_IPS {
+        return Err(invalid(
+            "allowed_ips",
+            format!("at most {MAX_IPS} entries, duplicates included"),
+        ));
+    }
+    let mut out: Vec<IpNet> = Vec::with_capacity(values.len());
     for (i, v) in values.iter().enumerate() {
         let net = crate::model::parse_net(v).ok_or_else(|| {
             invalid(
@@ -127,9 +137,6 @@ pub fn allowed_ips(values: &[String]) -> Result<Vec<IpNet>, DomainError> {
             )
         })?;
         if !out.contains(&net) {
-            if out.len() == MAX_IPS {
-                return Err(invalid("allowed_ips", format!("at most {MAX_IPS} entries")));
-            }
             out.push(net);
         }
     }

@@ -97,7 +97,7 @@ pub struct CreateKeyRequest {
     pub owner: Option<String>,
     #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     pub role: Option<String>,
-    /// At most 100 distinct scopes; duplicates are dropped.
+    /// At most 100, duplicates included; duplicates are then dropped.
     #[serde(default)]
     #[schema(value_type = Vec<Scope>, max_items = 100)]
     pub scopes: Vec<String>,
@@ -182,7 +182,7 @@ pub struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 64, pattern = r"\S")]
     pub role: Option<Option<String>>,
-    /// At most 100 distinct scopes; duplicates are dropped.
+    /// At most 100, duplicates included; duplicates are then dropped.
     #[schema(value_type = Option<Vec<Scope>>, max_items = 100)]
     pub scopes: Option<Vec<String>>,
     #[schema(max_items = 100)]
@@ -204,19 +204,19 @@ fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> 
     let Some(raw) = Option::<Box<RawValue>>::deserialize(d)? else {
         return Ok(None);
     };
-    if inexact_integer(raw.get()).is_some() {
+    let value: Value = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
+    // Anything but an object is the domain's to refuse ("must be a JSON object").
+    if value.is_object() && inexact_integer(raw.get()).is_some() {
         // The domain's message for the integers serde_json does read as integers.
         return Err(D::Error::custom(format_args!(
             "integers must lie within ±{MAX_SAFE_INTEGER}"
         )));
     }
-    serde_json::from_str(raw.get())
-        .map(Some)
-        .map_err(D::Error::custom)
+    Ok(Some(value))
 }
 
 /// The first integer literal (no fraction, no exponent) in valid JSON `text` whose magnitude
-/// exceeds 2^53 − 1, skipping strings.
+/// exceeds 2^53 − 1, skipping strings; returned so that tests can tell which one was found.
 fn inexact_integer(text: &str) -> Option<&str> {
     let bytes = text.as_bytes();
     let mut i = 0;

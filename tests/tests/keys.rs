@@ -278,6 +278,17 @@ async fn metadata_integers_beyond_a_double_are_refused_as_written_not_stored_rou
             "{n}"
         );
     }
+    // Not an object: refused as that, whatever number it is.
+    let err = h
+        .send_text(
+            Method::POST,
+            "/v1/keys",
+            &h.admin,
+            r#"{"name":"a","metadata":123456789012345678901}"#,
+        )
+        .await
+        .expect_error(400, "validation_failed");
+    assert_eq!(err["message"], "metadata: must be a JSON object");
     let (key, _) = h.create_key(json!({ "name": "b" })).await;
     let body = r#"{"metadata":{"n":99999999999999999999999}}"#;
     let path = format!("/v1/keys/{}", key["id"].as_str().unwrap());
@@ -344,16 +355,28 @@ async fn a_compressed_body_is_415_naming_content_encoding() {
             .starts_with("Content-Encoding"),
         "{v}"
     );
+    for identity in ["identity", "", "Identity, identity"] {
+        let r = h
+            .request(Method::POST, "/v1/keys")
+            .bearer_auth(&h.admin)
+            .header("content-type", "application/json")
+            .header("content-encoding", identity)
+            .body(r#"{"name":"plain"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{identity:?}");
+    }
     let r = h
         .request(Method::POST, "/v1/keys")
         .bearer_auth(&h.admin)
         .header("content-type", "application/json")
-        .header("content-encoding", "identity")
+        .header("content-encoding", "identity, br")
         .body(r#"{"name":"plain"}"#)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(r.status().as_u16(), 415);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,8 +82,8 @@ struct Args {
     client_threads: usize,
     /// Worker threads of the server's runtime, as `serve --worker-threads`; default: one per
     /// core, as `serve` has.
-    #[arg(long)]
-    server_worker_threads: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    server_worker_threads: Option<u16>,
     /// Where each run's copy of the data set (and the fsync probe file) goes; its disk is the
     /// one measured. Default: the system temp dir.
     #[arg(long)]
@@ -414,7 +414,7 @@ fn fsync_loop(dir: &Path, seconds: f64) -> anyhow::Result<(f64, Latency)> {
 fn http_scenarios(data: &dataset::Dataset, args: &Args, r: &mut Results) -> anyhow::Result<()> {
     let mut server_rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.server_worker_threads {
-        server_rt.worker_threads(n.max(1));
+        server_rt.worker_threads(usize::from(n));
     }
     let server_rt = server_rt.enable_all().thread_name("server").build()?;
     let client_rt = tokio::runtime::Builder::new_multi_thread()

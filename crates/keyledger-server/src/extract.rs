@@ -95,8 +95,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         // Bodies are read as sent: a compressed one would otherwise be refused as invalid JSON.
         let encoded = req
             .headers()
-            .get(header::CONTENT_ENCODING)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"));
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
@@ -237,7 +240,7 @@ fn plain_numbers(message: &str) -> String {
         "invalid digit found in string" | "cannot parse integer from empty string" => {
             format!("expected {WANTED}")
         }
-        "number too large to fit in target type" => format!("expected {WANTED} within range"),
+        "number too large to fit in target type" => format!("expected {WANTED} below 2^64"),
         _ => message.to_owned(),
     }
 }
@@ -327,9 +330,12 @@ pub(crate) fn presented_key(parts: &Parts, allow_query: bool) -> Option<Cow<'_, 
     // A header that is present is the source, even empty or not ASCII (then it presents "",
     // which no key matches): a later source must not stand in for a broken earlier one.
     let h = &parts.headers;
-    if let Some(v) = h.get(header::AUTHORIZATION).map(header_text) {
-        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
-        if scheme.eq_ignore_ascii_case("bearer") {
+    if let Some(v) = h.get(header::AUTHORIZATION) {
+        // The scheme is read from the bytes: a Bearer token that is not ASCII is still one.
+        let bytes = v.as_bytes().trim_ascii();
+        let scheme = bytes.split(|&b| b == b' ').next().unwrap_or_default();
+        if scheme.eq_ignore_ascii_case(b"bearer") {
+            let token = header_text(v).get(scheme.len()..).unwrap_or_default();
             return Some(Cow::Borrowed(token.trim()));
         }
     }
@@ -499,7 +505,7 @@ mod tests {
             ("n=", "n: expected a non-negative integer"),
             (
                 "n=99999999999999999999",
-                "n: expected a non-negative integer within range",
+                "n: expected a non-negative integer below 2^64",
             ),
         ] {
             let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));

@@ -225,12 +225,12 @@ fn run() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve {
-        worker_threads: Some(n),
-        ..
-    } = &cli.command
-    {
-        rt.worker_threads(usize::from(*n));
+    let worker_threads = match &cli.command {
+        Command::Serve { worker_threads, .. } => *worker_threads,
+        _ => None,
+    };
+    if let Some(n) = worker_threads {
+        rt.worker_threads(usize::from(n));
     }
     let rt = rt.enable_all().build()?;
     match cli.command {

@@ -238,11 +238,25 @@ impl Harness {
     /// Sends `body` as written, as `application/json`, with `Authorization: Bearer <key>`: for
     /// JSON a `Value` cannot hold (integer literals beyond 64 bits, duplicate keys).
     pub async fn send_text(&self, method: Method, path: &str, key: &str, body: &str) -> Resp {
-        let rb = self
-            .request(method, path)
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(body.to_owned());
+        let json = [("content-type", "application/json")];
+        self.send_raw(method, path, key, &json, body.as_bytes().to_vec())
+            .await
+    }
+
+    /// Sends `body` as it is, with these headers and `Authorization: Bearer <key>`: for bodies
+    /// and headers the other helpers do not send (other media types, encodings, broken JSON).
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Resp {
+        let mut rb = self.request(method, path).bearer_auth(key).body(body);
+        for (name, value) in headers {
+            rb = rb.header(*name, *value);
+        }
         Resp::from(rb.send().await.expect("request reaches the server")).await
     }
 

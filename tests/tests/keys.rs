@@ -246,17 +246,9 @@ async fn field_rules_are_enforced_with_the_field_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_is_400_invalid_json() {
     let h = Harness::start().await;
-    let r = h
-        .request(Method::POST, "/v1/keys")
-        .bearer_auth(&h.admin)
-        .header("content-type", "application/json")
-        .body("{\"name\": ")
-        .send()
+    h.send_text(Method::POST, "/v1/keys", &h.admin, "{\"name\": ")
         .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "invalid_json", "{v}");
+        .expect_error(400, "invalid_json");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,63 +312,48 @@ async fn metadata_integers_beyond_a_double_are_refused_as_written_not_stored_rou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_json_content_type_is_415() {
     let h = Harness::start().await;
-    let r = h
-        .request(Method::POST, "/v1/keys")
-        .bearer_auth(&h.admin)
-        .header("content-type", "text/plain")
-        .body("{\"name\": \"a\"}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 415);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "unsupported_media_type", "{v}");
+    let text = [("content-type", "text/plain")];
+    h.send_raw(
+        Method::POST,
+        "/v1/keys",
+        &h.admin,
+        &text,
+        br#"{"name": "a"}"#.to_vec(),
+    )
+    .await
+    .expect_error(415, "unsupported_media_type");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compressed_body_is_415_naming_content_encoding() {
     let h = Harness::start().await;
-    let r = h
-        .request(Method::POST, "/v1/keys")
-        .bearer_auth(&h.admin)
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(&b"\x1f\x8b\x08\x00"[..])
-        .send()
+    let send = |encoding: &'static str, body: &'static [u8]| {
+        let headers = [
+            ("content-type", "application/json"),
+            ("content-encoding", encoding),
+        ];
+        let h = &h;
+        async move {
+            h.send_raw(Method::POST, "/v1/keys", &h.admin, &headers, body.to_vec())
+                .await
+        }
+    };
+    let err = send("gzip", b"\x1f\x8b\x08\x00")
         .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 415);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "unsupported_media_type", "{v}");
+        .expect_error(415, "unsupported_media_type");
     assert!(
-        v["error"]["message"]
+        err["message"]
             .as_str()
             .unwrap()
             .starts_with("Content-Encoding"),
-        "{v}"
+        "{err}"
     );
-    for identity in ["identity", "", "Identity, identity"] {
-        let r = h
-            .request(Method::POST, "/v1/keys")
-            .bearer_auth(&h.admin)
-            .header("content-type", "application/json")
-            .header("content-encoding", identity)
-            .body(r#"{"name":"plain"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "{identity:?}");
-    }
-    let r = h
-        .request(Method::POST, "/v1/keys")
-        .bearer_auth(&h.admin)
-        .header("content-type", "application/json")
-        .header("content-encoding", "identity, br")
-        .body(r#"{"name":"plain"}"#)
-        .send()
+    send("identity, br", br#"{"name":"plain"}"#)
         .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 415);
+        .expect_error(415, "unsupported_media_type");
+    for identity in ["identity", "", "Identity, identity"] {
+        send(identity, br#"{"name":"plain"}"#).await.expect(201);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

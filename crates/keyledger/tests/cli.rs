@@ -95,24 +95,18 @@ fn commands_that_read_a_log_refuse_a_data_dir_without_one() {
     }
 }
 
-/// 0 would let every key make one request and then lock it out for good.
+/// A rate limit of 0 would let every key make one request and then lock it out for good; a
+/// runtime of 0 worker threads cannot serve.
 #[test]
-fn serve_refuses_a_key_rate_limit_of_zero() {
+fn serve_refuses_zero_for_its_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let out = keyledger(&["serve", "--key-rate-limit", "0"], dir.path());
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--key-rate-limit"), "{stderr}");
-    assert!(stderr.contains("not in 1.."), "{stderr}");
-}
-
-#[test]
-fn serve_refuses_zero_worker_threads() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = keyledger(&["serve", "--worker-threads", "0"], dir.path());
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--worker-threads"), "{stderr}");
+    for flag in ["--key-rate-limit", "--worker-threads"] {
+        let out = keyledger(&["serve", flag, "0"], dir.path());
+        assert!(!out.status.success(), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag), "{stderr}");
+        assert!(stderr.contains("not in 1.."), "{stderr}");
+    }
 }
 
 #[test]

@@ -243,7 +243,9 @@ async fn the_if_match_pattern_admits_exactly_what_the_server_accepts() {
     }
 }
 
-/// A scope the document admits is one the server accepts, and the other way round.
+/// A scope the document admits is one the server accepts, and the other way round (but for the
+/// few invisible characters outside the BMP, which the pattern cannot name for every regex
+/// dialect; the server refuses them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scope_schema_admits_exactly_what_the_server_accepts() {
     let h = Harness::start().await;
@@ -264,6 +266,10 @@ async fn the_scope_schema_admits_exactly_what_the_server_accepts() {
         "a\u{85}".into(),
         "a\u{3000}".into(),
         "a\u{7f}".into(),
+        "admin\u{200b}".into(),
+        "a\u{feff}b".into(),
+        "\u{2060}".into(),
+        "ü:ß".into(),
     ] {
         let chars = value.chars().count() as u64;
         let admitted = re.is_match(&value)

@@ -158,7 +158,11 @@ fn create_validates_fields_and_names_them() {
         ),
         (
             Box::new(|k| k.scopes = vec!["a b".into()]),
-            "scopes[0]: must not contain whitespace",
+            "scopes[0]: must not contain whitespace or invisible characters",
+        ),
+        (
+            Box::new(|k| k.scopes = vec!["keys:read".into(), "admin\u{200b}".into()]),
+            "scopes[1]: must not contain whitespace or invisible characters",
         ),
         (
             Box::new(|k| k.expires_at = Some(T0)),

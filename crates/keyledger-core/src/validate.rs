@@ -109,8 +109,14 @@ pub fn scopes(values: &[String]) -> Result<Vec<String>, DomainError> {
         if s.is_empty() || s.chars().count() > MAX_SCOPE {
             return Err(invalid(field, format!("1 to {MAX_SCOPE} characters")));
         }
-        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid(field, "must not contain whitespace"));
+        // Invisible characters too: `admin\u{200b}` would read as `admin` wherever it is shown.
+        if s.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
+        {
+            return Err(invalid(
+                field,
+                "must not contain whitespace or invisible characters",
+            ));
         }
         if !out.contains(s) {
             out.push(s.clone());

@@ -159,11 +159,17 @@ impl utoipa::PartialSchema for Scope {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
             .description(Some(format!(
-                "1 to {MAX_SCOPE} characters, no whitespace or control characters"
+                "1 to {MAX_SCOPE} characters, no whitespace, control or invisible characters"
             )))
             .min_length(Some(1))
             .max_length(Some(MAX_SCOPE))
-            .pattern(Some(r"^[^\s\x00-\x1f\x7f-\x9f]+$"))
+            // Whitespace, control and invisible characters are refused; of the last, the
+            // pattern names those in the BMP (as `validate::is_invisible` lists them).
+            .pattern(Some(concat!(
+                r"^[^\s\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5",
+                r"\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f",
+                r"\ufeff\uffa0\ufff0-\ufff8]+$"
+            )))
             .into()
     }
 }

@@ -286,6 +286,49 @@ async fn the_scope_schema_admits_exactly_what_the_server_accepts() {
     }
 }
 
+/// The same for names, owners and roles: no control character, not only whitespace or
+/// invisible characters; on both request schemas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_name_pattern_admits_exactly_what_the_server_accepts() {
+    let h = Harness::start().await;
+    let doc = openapi(&h).await;
+    let schemas = &doc["components"]["schemas"];
+    let pattern = schemas["CreateKeyRequest"]["properties"]["name"]["pattern"]
+        .as_str()
+        .expect("a pattern");
+    for (schema, field) in [
+        ("CreateKeyRequest", "owner"),
+        ("CreateKeyRequest", "role"),
+        ("UpdateKeyRequest", "name"),
+        ("UpdateKeyRequest", "owner"),
+        ("UpdateKeyRequest", "role"),
+    ] {
+        assert_eq!(
+            schemas[schema]["properties"][field]["pattern"], pattern,
+            "{schema}.{field}"
+        );
+    }
+    let re = regex::Regex::new(pattern).unwrap();
+    for value in [
+        "billing gateway",
+        " a ",
+        "é",
+        "a\u{200b}b",
+        "",
+        "   ",
+        "\u{200b}",
+        " \u{feff}\u{3164} ",
+        "a\u{1}",
+        "a\tb",
+        "a\u{85}",
+    ] {
+        let r = h
+            .post("/v1/keys", &h.admin, &serde_json::json!({ "name": value }))
+            .await;
+        assert_eq!(re.is_match(value), r.status == 201, "{value:?}: {}", r.body);
+    }
+}
+
 /// schemathesis warned on reset: its body was declared `null | ResetKeyRequest`, and a `null`
 /// body is refused. The declaration now says what the server takes: no body, or the object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,14 +88,14 @@ pub struct KeyWithSecret {
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// 1 to 255 characters, not all blank, no control characters.
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// `[A-Za-z0-9_-]{1,64}`; default: the caller's account (`default` for admins).
     #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     pub account: Option<String>,
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
+    #[schema(min_length = 1, max_length = 255)]
     pub owner: Option<String>,
-    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
+    #[schema(min_length = 1, max_length = 64)]
     pub role: Option<String>,
     /// At most 100, duplicates included; duplicates are then dropped.
     #[serde(default)]
@@ -150,6 +150,24 @@ impl From<UpdateKeyRequest> for keyledger_core::KeyPatch {
     }
 }
 
+/// The invisible characters of the BMP as `validate::is_invisible` lists them, for a regex
+/// class; those outside the BMP cannot be named for every regex dialect (the server refuses
+/// them all).
+macro_rules! invisible_class {
+    () => {
+        r"\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    };
+}
+
+/// A name, owner or role: no control character, and at least one that is neither whitespace
+/// nor invisible. Set on the schemas by a modifier (`TextPatterns`): utoipa's `pattern`
+/// attribute takes only a literal.
+pub(crate) const TEXT_PATTERN: &str = concat!(
+    r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f",
+    invisible_class!(),
+    r"][^\x00-\x1f\x7f-\x9f]*$"
+);
+
 /// A scope as the domain accepts it, for the document only: requests carry plain strings.
 pub struct Scope;
 
@@ -163,12 +181,10 @@ impl utoipa::PartialSchema for Scope {
             )))
             .min_length(Some(1))
             .max_length(Some(MAX_SCOPE))
-            // Whitespace, control and invisible characters are refused; of the last, the
-            // pattern names those in the BMP (as `validate::is_invisible` lists them).
             .pattern(Some(concat!(
-                r"^[^\s\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5",
-                r"\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f",
-                r"\ufeff\uffa0\ufff0-\ufff8]+$"
+                r"^[^\s\x00-\x1f\x7f-\x9f",
+                invisible_class!(),
+                "]+$"
             )))
             .into()
     }
@@ -180,13 +196,13 @@ impl ToSchema for Scope {}
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyRequest {
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
+    #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 255, pattern = r"\S")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
     pub owner: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 64, pattern = r"\S")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 64)]
     pub role: Option<Option<String>>,
     /// At most 100, duplicates included; duplicates are then dropped.
     #[schema(value_type = Option<Vec<Scope>>, max_items = 100)]

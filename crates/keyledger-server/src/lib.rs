@@ -109,7 +109,7 @@ impl Default for ServerConfig {
         handlers::signing_key, handlers::healthz, handlers::readyz, render_metrics, openapi,
         events::list_events, events::key_events, events::stream_events
     ),
-    modifiers(&Authentication, &CommonResponses, &CommandHeaders, &OptionalResetBody),
+    modifiers(&Authentication, &CommonResponses, &CommandHeaders, &OptionalResetBody, &TextPatterns),
     tags((name = "keys"), (name = "verify"), (name = "events"), (name = "ops"))
 )]
 pub struct ApiDoc;
@@ -219,6 +219,28 @@ impl utoipa::Modify for OptionalResetBody {
             .and_then(|op| op.request_body.as_mut());
         for content in body.into_iter().flat_map(|b| b.content.values_mut()) {
             content.schema = Some(utoipa::openapi::Ref::from_schema_name("ResetKeyRequest").into());
+        }
+    }
+}
+
+/// The rule for names, owners and roles ([`dto::TEXT_PATTERN`]) on both request schemas.
+struct TextPatterns;
+
+impl utoipa::Modify for TextPatterns {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, Schema};
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for name in ["CreateKeyRequest", "UpdateKeyRequest"] {
+            let Some(RefOr::T(Schema::Object(request))) = components.schemas.get_mut(name) else {
+                continue;
+            };
+            for field in ["name", "owner", "role"] {
+                if let Some(RefOr::T(Schema::Object(text))) = request.properties.get_mut(field) {
+                    text.pattern = Some(dto::TEXT_PATTERN.to_owned());
+                }
+            }
         }
     }
 }

@@ -112,6 +112,39 @@ async fn deleted_key_is_revoked_at_once() {
     assert_eq!(v["valid"], false);
 }
 
+/// API.md: a secret still in its grace period stops verifying with the key, as unknown
+/// (`NOT_FOUND`, not rotating); the current secret says `REVOKED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_ends_a_grace_period_and_the_old_secret_is_unknown() {
+    let h = Harness::start().await;
+    let (key, old) = h.create_key(json!({ "name": "rotated then gone" })).await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+    let reset = h
+        .post(
+            &format!("{path}/reset"),
+            &h.admin,
+            &json!({ "grace_seconds": 3600 }),
+        )
+        .await
+        .expect(200)
+        .json();
+    let new = reset["secret"].as_str().unwrap();
+    assert_eq!(h.verify(&old).await["rotating"], true);
+    h.delete(&path, &h.admin).await.expect(204);
+    let o = h.verify(&old).await;
+    assert_eq!(
+        (&o["code"], &o["rotating"]),
+        (&json!("NOT_FOUND"), &json!(false)),
+        "{o}"
+    );
+    let n = h.verify(new).await;
+    assert_eq!(
+        (&n["code"], &n["rotating"]),
+        (&json!("REVOKED"), &json!(false)),
+        "{n}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_expires_when_expires_at_passes() {
     let h = Harness::start().await;

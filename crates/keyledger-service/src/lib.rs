@@ -522,15 +522,18 @@ impl Service {
         if verifier.is_some_and(|c| !c.sees(&e.state)) {
             return not_found;
         }
-        let code = if e.is_deleted() {
-            VerifyCode::Revoked
-        } else if m.previous
+        // An old secret verifies only while its grace period lasts; a revoked key has none
+        // (`evolve` drops it), so its old secret is unknown, not revoked.
+        if m.previous
             && e.state
                 .previous
                 .as_ref()
                 .is_none_or(|p| p.secret_hash != hash || p.until <= now)
         {
             return not_found;
+        }
+        let code = if e.is_deleted() {
+            VerifyCode::Revoked
         } else if !e.is_enabled() {
             VerifyCode::Disabled
         } else if e.is_expired_at(now) {
@@ -546,8 +549,7 @@ impl Service {
         Verification {
             code,
             entry: Some(m.entry),
-            // A revoked key's old secret is not "rotating": it is revoked.
-            rotating: m.previous && code != VerifyCode::Revoked,
+            rotating: m.previous,
         }
     }
 

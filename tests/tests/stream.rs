@@ -21,9 +21,13 @@ struct Frame {
 
 impl Sse {
     async fn open(h: &Harness, query: &str, last_event_id: Option<u64>) -> Self {
+        Self::open_as(h, &h.admin, query, last_event_id).await
+    }
+
+    async fn open_as(h: &Harness, key: &str, query: &str, last_event_id: Option<u64>) -> Self {
         let mut req = h
             .request(Method::GET, &format!("/v1/events/stream{query}"))
-            .bearer_auth(&h.admin);
+            .bearer_auth(key);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
@@ -70,6 +74,29 @@ impl Sse {
                 .expect("stream still open");
             self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
         }
+    }
+}
+
+impl Sse {
+    /// The event frames (ids) the server sends until it ends the stream; panics if it is still
+    /// open after 10 s.
+    async fn ids_until_closed(mut self) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, self.resp.chunk())
+                .await
+                .expect("the stream ends within 10 s")
+                .expect("stream readable");
+            match chunk {
+                Some(c) => self.buf.push_str(std::str::from_utf8(&c).unwrap()),
+                None => break,
+            }
+        }
+        self.buf
+            .lines()
+            .filter_map(|l| l.strip_prefix("id:")?.trim().parse().ok())
+            .collect()
     }
 }
 
@@ -241,5 +268,38 @@ async fn a_stalled_stream_reader_neither_blocks_writers_nor_loses_events() {
                 next += 1;
             }
         }
+    }
+}
+
+/// A stream is an authenticated call that lasts: once its key is revoked, disabled or loses
+/// `events:read`, the stream ends, without that change or anything after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_when_its_key_stops_authenticating() {
+    let h = Harness::start().await;
+    let changes = [
+        (Method::DELETE, None),
+        (Method::PATCH, Some(json!({ "enabled": false }))),
+        (Method::PATCH, Some(json!({ "scopes": ["keys:read"] }))),
+    ];
+    for (method, body) in changes {
+        let (reader, secret) = h
+            .create_key(json!({ "name": "reader", "account": "acme", "scopes": ["events:read"] }))
+            .await;
+        let head = h.log_head().await;
+        let mut s = Sse::open_as(&h, &secret, &format!("?after={head}"), None).await;
+        h.create_key(json!({ "name": "seen", "account": "acme" }))
+            .await;
+        assert_eq!(s.next().await.id, head + 1);
+        let path = format!("/v1/keys/{}", id_of(&reader));
+        h.send(method.clone(), &path, &h.admin, body.as_ref())
+            .await
+            .expect(if method == Method::DELETE { 204 } else { 200 });
+        h.create_key(json!({ "name": "unseen", "account": "acme" }))
+            .await;
+        assert_eq!(
+            s.ids_until_closed().await,
+            Vec::<u64>::new(),
+            "{method} {body:?}"
+        );
     }
 }

@@ -2,13 +2,13 @@
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Auth, NoQuery, QueryParams};
+use crate::extract::{Auth, Credential, NoQuery, QueryParams};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
-use keyledger_service::{EventQuery, SCOPE_EVENTS, Service, ServiceError};
+use keyledger_service::{Caller, EventQuery, SCOPE_EVENTS, Service, ServiceError};
 use keyledger_store::Envelope;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -136,7 +136,9 @@ pub struct StreamParams {
 
 /// Live tail as Server-Sent Events: every event after `Last-Event-ID` (or else `after`) once,
 /// in order, then new ones as they are committed. `id` is the seq, `event` the type, `data` the
-/// envelope. A comment line is sent every 15 s as a heartbeat.
+/// envelope. A comment line is sent every 15 s as a heartbeat. The stream ends once the
+/// caller's key no longer authenticates as it did (revoked, disabled, expired, rotated away,
+/// its scopes or allowed IPs changed): every such change is itself an event the stream sees.
 #[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamParams),
     responses((status = 200, content_type = "text/event-stream", description = "event stream"),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -145,6 +147,7 @@ pub struct StreamParams {
 pub async fn stream_events(
     State(st): State<AppState>,
     auth: Auth,
+    credential: Credential,
     headers: HeaderMap,
     QueryParams(p): QueryParams<StreamParams>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -165,6 +168,8 @@ pub async fn stream_events(
         account,
         event_type: p.event_type,
         shutdown: st.shutdown.clone(),
+        credential,
+        caller: auth.caller,
     };
     let stream =
         futures_util::stream::unfold(
@@ -185,6 +190,8 @@ struct Tail {
     account: Option<String>,
     event_type: Option<String>,
     shutdown: watch::Receiver<bool>,
+    credential: Credential,
+    caller: Caller,
 }
 
 impl Tail {
@@ -194,6 +201,13 @@ impl Tail {
                 .event_type
                 .as_ref()
                 .is_none_or(|t| t == env.event.type_name())
+    }
+
+    /// Whether the caller may still read, checked before each envelope, wanted or not: the
+    /// change that ends its access is itself an envelope, which it is then not sent.
+    fn authorized(&self) -> bool {
+        self.credential
+            .still_authenticates(&self.service, &self.caller)
     }
 
     /// Advances past `env`; the SSE event when the client wants it.
@@ -216,7 +230,7 @@ impl Tail {
 
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
-            if *self.shutdown.borrow() {
+            if *self.shutdown.borrow() || !self.authorized() {
                 return None;
             }
             if let Some(env) = self.backlog.pop_front() {
@@ -244,6 +258,9 @@ impl Tail {
             };
             match received {
                 Ok(env) if env.seq == self.last + 1 => {
+                    if !self.authorized() {
+                        return None;
+                    }
                     if let Some(ev) = self.emit(&env) {
                         return Some(ev);
                     }

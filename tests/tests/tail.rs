@@ -285,3 +285,79 @@ async fn tail_from_nats_filters_by_subject() {
     assert_eq!(envs[0]["type"], "key.rotated");
     assert_eq!(envs[0]["account"], "acme");
 }
+
+/// Stops the service, rotates its signing key as `keyledger signing-key rotate` does, and
+/// starts it again on the same address: later events carry a signer the tail has not seen.
+async fn rotate_the_signing_key(h: &mut Harness) {
+    h.stop().await;
+    keyledger_store::SigningKeys::rotate(
+        &h.data_dir().join("signing-keys.json"),
+        keyledger_service::now(),
+    )
+    .unwrap();
+    h.restart_on_the_same_address().await;
+}
+
+/// A verifying tail that got its keys from the service fetches them again when an event names
+/// a signer it does not know, and goes on (it failed at the first event after a rotation).
+async fn a_verifying_tail_survives_a_signing_key_rotation(mut h: Harness, mut o: Options) {
+    let first = history(&h, None).await;
+    o.from = "all".into();
+    o.json = true;
+    o.verify = true;
+    o.limit = Some(first + 2);
+    let out = Shared::default();
+    let mut w = out.clone();
+    let task = tokio::spawn(async move { run(o, &mut w).await });
+    eventually("the tail to print the history", secs(10), async || {
+        (out.lines().len() as u64 == first).then_some(())
+    })
+    .await;
+    rotate_the_signing_key(&mut h).await;
+    h.create_key(json!({ "name": "signed by the new key 1" }))
+        .await;
+    h.create_key(json!({ "name": "signed by the new key 2" }))
+        .await;
+    tokio::time::timeout(secs(30), task)
+        .await
+        .expect("the tail reaches its limit")
+        .unwrap()
+        .unwrap();
+    let envs = envelopes(&out.lines());
+    assert_eq!(seqs(&envs), (1..=first + 2).collect::<Vec<_>>());
+    assert_ne!(envs[0]["signer"], envs[first as usize]["signer"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_the_log_verifies_across_a_signing_key_rotation() {
+    let h = Harness::start().await;
+    let o = log_tail(&h);
+    a_verifying_tail_survives_a_signing_key_rotation(h, o).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_nats_verifies_across_a_signing_key_rotation() {
+    let nats = NatsServer::start();
+    let h = Harness::start_publishing_to(&nats).await;
+    let o = nats_tail(&h, &nats);
+    a_verifying_tail_survives_a_signing_key_rotation(h, o).await;
+}
+
+/// Keys given in a file are not reloaded: an event by another signer still fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_with_a_signing_keys_file_fails_at_a_signer_it_does_not_list() {
+    let mut h = Harness::start().await;
+    let keys = h.get("/v1/signing-key", &h.admin).await.expect(200);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), keys.json().to_string()).unwrap();
+    rotate_the_signing_key(&mut h).await;
+    h.create_key(json!({ "name": "signed by the new key" }))
+        .await;
+    let mut o = log_tail(&h);
+    o.from = "all".into();
+    o.verify = true;
+    o.signing_keys = Some(file.path().to_owned());
+    o.limit = Some(h.log_head().await);
+    let e = format!("{:#}", tail(o).await.unwrap_err());
+    assert!(e.contains("unknown signer"), "{e}");
+}

@@ -284,6 +284,11 @@ impl SignatureVerifier {
         Ok(Self::new(out))
     }
 
+    /// Whether `signer` is one of these keys.
+    pub fn knows(&self, signer: &str) -> bool {
+        self.keys.iter().any(|(id, _)| id == signer)
+    }
+
     /// Verifies a base64 signature by `signer` over `hash`.
     pub fn verify(&self, signer: &str, hash: &[u8; 32], signature_b64: &str) -> Result<(), String> {
         let (_, key) = self

@@ -137,10 +137,30 @@ pub async fn run(opts: Options, out: &mut (impl Write + Send)) -> anyhow::Result
         limit: opts.limit,
     };
     match opts.source {
-        Source::Nats => follow_nats(&opts, from, &mut printer).await,
+        Source::Nats => follow_nats(&opts, from, &client, &mut printer).await,
         Source::Log => follow_log(&opts, from, &client, &mut printer).await,
     }
 }
+
+/// An event signed by a key the tail does not know: the service may have rotated its signing
+/// key since the tail fetched them.
+#[derive(Debug)]
+struct UnknownSigner {
+    seq: u64,
+    signer: String,
+}
+
+impl std::fmt::Display for UnknownSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "verification failed: seq {}: unknown signer {}",
+            self.seq, self.signer
+        )
+    }
+}
+
+impl std::error::Error for UnknownSigner {}
 
 /// Each source's filters, and the log's API key, before anything is fetched.
 fn check_options(opts: &Options) -> anyhow::Result<()> {
@@ -196,6 +216,20 @@ struct Printer<'a, W> {
 }
 
 impl<W: Write> Printer<'_, W> {
+    /// Fetches the signing keys from the service again, where they came from it (not from
+    /// `--signing-keys`); `Ok(false)` where they cannot be reloaded.
+    async fn reload_keys(
+        &mut self,
+        opts: &Options,
+        client: &reqwest::Client,
+    ) -> anyhow::Result<bool> {
+        if opts.signing_keys.is_some() || self.verifier.is_none() {
+            return Ok(false);
+        }
+        self.verifier = Some(verifier(opts, client).await?);
+        Ok(true)
+    }
+
     /// Prints one envelope (after checking it, with `--verify`); `Ok(false)` once the limit is
     /// reached. `header_hash` is the hash a transport that carries one sent beside the payload
     /// (NATS's `Keyledger-Hash`); `None` where there is none (the event stream).
@@ -204,6 +238,14 @@ impl<W: Write> Printer<'_, W> {
         let seq = env.get("seq").and_then(Value::as_u64).unwrap_or(0);
         let verdict = match &self.verifier {
             Some(v) => {
+                let signer = env
+                    .get("signer")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if !v.knows(signer) {
+                    let signer = signer.to_owned();
+                    return Err(UnknownSigner { seq, signer }.into());
+                }
                 check(&env, header_hash, v, &mut self.prev)
                     .map_err(|e| anyhow::anyhow!("verification failed: seq {seq}: {e}"))?;
                 " ✓"
@@ -264,32 +306,53 @@ fn check(
 async fn follow_nats<W: Write>(
     opts: &Options,
     from: Start,
+    client: &reqwest::Client,
     printer: &mut Printer<'_, W>,
 ) -> anyhow::Result<()> {
-    let from = match from {
+    let mut from = match from {
         Start::New => TailFrom::New,
         Start::All => TailFrom::All,
         Start::Seq(n) => TailFrom::StreamSeq(n),
     };
     let subject = opts.subject.as_deref().unwrap_or("keyledger.keys.>");
-    let mut failed = None;
-    keyledger_nats::tail(&opts.nats_url, subject, from, |msg| {
-        // The publisher always sends the header: a message without it fails verification.
-        let hash = msg
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("Keyledger-Hash"))
-            .map_or("", |(_, v)| v.as_str());
-        match printer.event(&msg.payload, Some(hash)) {
-            Ok(more) => more,
-            Err(e) => {
-                failed = Some(e.context(format!("stream seq {}", msg.stream_seq)));
-                false
+    // The stream seq at which the keys were last reloaded: an event still unknown after a
+    // reload fails instead of reloading again.
+    let mut reloaded_at = None;
+    loop {
+        let mut failed = None;
+        let mut unknown_at = None;
+        keyledger_nats::tail(&opts.nats_url, subject, from, |msg| {
+            // The publisher always sends the header: a message without it fails verification.
+            let hash = msg
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("Keyledger-Hash"))
+                .map_or("", |(_, v)| v.as_str());
+            match printer.event(&msg.payload, Some(hash)) {
+                Ok(more) => more,
+                Err(e) if e.is::<UnknownSigner>() && reloaded_at != Some(msg.stream_seq) => {
+                    unknown_at = Some((msg.stream_seq, e));
+                    false
+                }
+                Err(e) => {
+                    failed = Some(e.context(format!("stream seq {}", msg.stream_seq)));
+                    false
+                }
             }
+        })
+        .await?;
+        match unknown_at {
+            Some((stream_seq, e)) => {
+                if !printer.reload_keys(opts, client).await? {
+                    return Err(e.context(format!("stream seq {stream_seq}")));
+                }
+                // Resume at the event that failed, with the keys the service has now.
+                reloaded_at = Some(stream_seq);
+                from = TailFrom::StreamSeq(stream_seq);
+            }
+            None => return failed.map_or(Ok(()), Err),
         }
-    })
-    .await?;
-    failed.map_or(Ok(()), Err)
+    }
 }
 
 /// Why a stream from the server ended.
@@ -330,7 +393,7 @@ async fn follow_log<W: Write>(
             Ok(resp) if resp.status().is_success() => {
                 connected_once = true;
                 backoff = Duration::from_millis(250);
-                read_stream(resp, &mut after, printer).await?
+                read_stream(resp, &mut after, printer, opts, client).await?
             }
             // A restarting service may answer 503 for a moment.
             Ok(resp) if connected_once && resp.status().is_server_error() => {
@@ -376,10 +439,13 @@ async fn log_head(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
 }
 
 /// Prints the stream's events until the limit or the end of the connection, advancing `after`.
+/// An event by an unknown signer is checked once more after reloading the signing keys.
 async fn read_stream<W: Write>(
     resp: reqwest::Response,
     after: &mut u64,
     printer: &mut Printer<'_, W>,
+    opts: &Options,
+    client: &reqwest::Client,
 ) -> anyhow::Result<Ended> {
     use eventsource_stream::Eventsource;
     let mut events = resp.bytes_stream().eventsource();
@@ -395,7 +461,15 @@ async fn read_stream<W: Write>(
             .id
             .parse()
             .with_context(|| format!("an event whose id `{}` is not a seq", ev.id))?;
-        let more = printer.event(ev.data.as_bytes(), None)?;
+        let more = match printer.event(ev.data.as_bytes(), None) {
+            Err(e) if e.is::<UnknownSigner>() => {
+                if !printer.reload_keys(opts, client).await? {
+                    return Err(e);
+                }
+                printer.event(ev.data.as_bytes(), None)?
+            }
+            printed => printed?,
+        };
         *after = seq;
         if !more {
             return Ok(Ended::Done);

@@ -164,11 +164,15 @@ async fn tail_from_the_log_starting_new_prints_only_later_events() {
     assert!(created.contains(&envs[0]["key_id"].as_str().unwrap().to_owned()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tail_from_the_log_resumes_after_the_server_restarts() {
-    let mut h = Harness::start().await;
-    let first = history(&h, None).await;
-    let mut o = log_tail(&h);
+/// Runs a verifying tail from the start, does `between` to the service once the tail has
+/// printed the history, then creates two keys: the envelopes printed, which must be every
+/// event once, in order; and the seq of the history's last event.
+async fn tail_across(
+    h: &mut Harness,
+    mut o: Options,
+    between: impl AsyncFnOnce(&mut Harness),
+) -> (Vec<Value>, u64) {
+    let first = history(h, None).await;
     o.from = "all".into();
     o.json = true;
     o.verify = true;
@@ -180,16 +184,24 @@ async fn tail_from_the_log_resumes_after_the_server_restarts() {
         (out.lines().len() as u64 == first).then_some(())
     })
     .await;
-    h.restart_on_the_same_address().await;
-    h.create_key(json!({ "name": "after restart 1" })).await;
-    h.create_key(json!({ "name": "after restart 2" })).await;
+    between(h).await;
+    h.create_key(json!({ "name": "after 1" })).await;
+    h.create_key(json!({ "name": "after 2" })).await;
     tokio::time::timeout(secs(30), task)
         .await
-        .expect("the tail reconnects and reaches its limit")
+        .expect("the tail reaches its limit")
         .unwrap()
         .unwrap();
     let envs = envelopes(&out.lines());
     assert_eq!(seqs(&envs), (1..=first + 2).collect::<Vec<_>>());
+    (envs, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_the_log_resumes_after_the_server_restarts() {
+    let mut h = Harness::start().await;
+    let o = log_tail(&h);
+    tail_across(&mut h, o, Harness::restart_on_the_same_address).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,31 +312,8 @@ async fn rotate_the_signing_key(h: &mut Harness) {
 
 /// A verifying tail that got its keys from the service fetches them again when an event names
 /// a signer it does not know, and goes on (it failed at the first event after a rotation).
-async fn a_verifying_tail_survives_a_signing_key_rotation(mut h: Harness, mut o: Options) {
-    let first = history(&h, None).await;
-    o.from = "all".into();
-    o.json = true;
-    o.verify = true;
-    o.limit = Some(first + 2);
-    let out = Shared::default();
-    let mut w = out.clone();
-    let task = tokio::spawn(async move { run(o, &mut w).await });
-    eventually("the tail to print the history", secs(10), async || {
-        (out.lines().len() as u64 == first).then_some(())
-    })
-    .await;
-    rotate_the_signing_key(&mut h).await;
-    h.create_key(json!({ "name": "signed by the new key 1" }))
-        .await;
-    h.create_key(json!({ "name": "signed by the new key 2" }))
-        .await;
-    tokio::time::timeout(secs(30), task)
-        .await
-        .expect("the tail reaches its limit")
-        .unwrap()
-        .unwrap();
-    let envs = envelopes(&out.lines());
-    assert_eq!(seqs(&envs), (1..=first + 2).collect::<Vec<_>>());
+async fn a_verifying_tail_survives_a_signing_key_rotation(mut h: Harness, o: Options) {
+    let (envs, first) = tail_across(&mut h, o, rotate_the_signing_key).await;
     assert_ne!(envs[0]["signer"], envs[first as usize]["signer"]);
 }
 

@@ -271,8 +271,9 @@ async fn a_stalled_stream_reader_neither_blocks_writers_nor_loses_events() {
     }
 }
 
-/// A stream is an authenticated call that lasts: once its key is revoked, disabled or loses
-/// `events:read`, the stream ends, without that change or anything after it.
+/// A stream is an authenticated call that lasts: once its key is revoked, disabled, loses
+/// `events:read` or the client's address, the stream ends, without that change or anything
+/// after it; a rename of the key does not end it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ends_when_its_key_stops_authenticating() {
     let h = Harness::start().await;
@@ -280,6 +281,10 @@ async fn a_stream_ends_when_its_key_stops_authenticating() {
         (Method::DELETE, None),
         (Method::PATCH, Some(json!({ "enabled": false }))),
         (Method::PATCH, Some(json!({ "scopes": ["keys:read"] }))),
+        (
+            Method::PATCH,
+            Some(json!({ "allowed_ips": ["192.0.2.0/24"] })),
+        ),
     ];
     for (method, body) in changes {
         let (reader, secret) = h
@@ -290,7 +295,12 @@ async fn a_stream_ends_when_its_key_stops_authenticating() {
         h.create_key(json!({ "name": "seen", "account": "acme" }))
             .await;
         assert_eq!(s.next().await.id, head + 1);
+        // A change that leaves its access as it was does not end it, and is sent.
         let path = format!("/v1/keys/{}", id_of(&reader));
+        h.patch(&path, &h.admin, &json!({ "name": "reader, renamed" }))
+            .await
+            .expect(200);
+        assert_eq!(s.next().await.id, head + 2);
         h.send(method.clone(), &path, &h.admin, body.as_ref())
             .await
             .expect(if method == Method::DELETE { 204 } else { 200 });

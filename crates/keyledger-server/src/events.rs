@@ -137,8 +137,9 @@ pub struct StreamParams {
 /// Live tail as Server-Sent Events: every event after `Last-Event-ID` (or else `after`) once,
 /// in order, then new ones as they are committed. `id` is the seq, `event` the type, `data` the
 /// envelope. A comment line is sent every 15 s as a heartbeat. The stream ends once the
-/// caller's key no longer authenticates as it did (revoked, disabled, expired, rotated away,
-/// its scopes or allowed IPs changed): every such change is itself an event the stream sees.
+/// caller's key no longer authenticates (revoked, disabled, expired, rotated away, outside its
+/// allowed IPs) or loses `events:read` or admin: every such change is an event of that key,
+/// which the stream sees.
 #[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamParams),
     responses((status = 200, content_type = "text/event-stream", description = "event stream"),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -203,11 +204,22 @@ impl Tail {
                 .is_none_or(|t| t == env.event.type_name())
     }
 
-    /// Whether the caller may still read, checked before each envelope, wanted or not: the
-    /// change that ends its access is itself an envelope, which it is then not sent.
-    fn authorized(&self) -> bool {
-        self.credential
-            .still_authenticates(&self.service, &self.caller)
+    /// Whether the caller may still read, checked before each envelope of its own key, wanted
+    /// or not: every change that can end its access (revoked, disabled, expired, rotated away,
+    /// new allowed IPs or scopes) is such an envelope, which it is then not sent.
+    fn authorized(&self, env: &Envelope) -> bool {
+        if env.key_id != self.caller.key_id {
+            return true;
+        }
+        let Some(entry) = self.credential.still_authenticates(&self.service) else {
+            return false;
+        };
+        // A catching-up stream reads the log, which may hold an envelope the key table has
+        // not applied yet: it ends rather than judge that envelope by the state before it.
+        let now = Caller::from_state(&entry.state);
+        entry.state.version >= env.version
+            && now.require(SCOPE_EVENTS).is_ok()
+            && now.account_limit() == self.caller.account_limit()
     }
 
     /// Advances past `env`; the SSE event when the client wants it.
@@ -230,10 +242,13 @@ impl Tail {
 
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
-            if *self.shutdown.borrow() || !self.authorized() {
+            if *self.shutdown.borrow() {
                 return None;
             }
             if let Some(env) = self.backlog.pop_front() {
+                if !self.authorized(&env) {
+                    return None;
+                }
                 if let Some(ev) = self.emit(&env) {
                     return Some(ev);
                 }
@@ -258,7 +273,7 @@ impl Tail {
             };
             match received {
                 Ok(env) if env.seq == self.last + 1 => {
-                    if !self.authorized() {
+                    if !self.authorized(&env) {
                         return None;
                     }
                     if let Some(ev) = self.emit(&env) {

@@ -424,9 +424,9 @@ impl FromRequestParts<AppState> for Auth {
 }
 
 /// The credential a request presented, kept by a response that outlives it (the event stream)
-/// to check, while it runs, that the key still authenticates as the same caller.
+/// to check, while it runs, that the key still authenticates. Only the secret's hash is kept.
 pub struct Credential {
-    key: Option<String>,
+    hash: Option<keyledger_core::SecretHash>,
     ip: Option<IpAddr>,
 }
 
@@ -435,30 +435,21 @@ impl FromRequestParts<AppState> for Credential {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         Ok(Credential {
-            key: presented_key(parts, state.allow_query_key).map(Cow::into_owned),
+            hash: presented_key(parts, state.allow_query_key)
+                .map(|k| keyledger_core::SecretHash::of(&k)),
             ip: client_ip(parts, &state.trusted_proxies),
         })
     }
 }
 
 impl Credential {
-    /// Whether the key is still valid now (not revoked, disabled, expired, rotated away or
-    /// outside its allowed IPs) with the same account and scopes as `caller`.
+    /// The key's current entry while it would still authenticate now (not revoked, disabled,
+    /// expired, rotated away or outside its allowed IPs); a check records no use.
     pub fn still_authenticates(
         &self,
         service: &keyledger_service::Service,
-        caller: &Caller,
-    ) -> bool {
-        let Some(key) = self.key.as_deref() else {
-            return false;
-        };
-        let v = service.verify(key, &[], self.ip, keyledger_service::now());
-        v.code == keyledger_service::VerifyCode::Valid
-            && v.entry.is_some_and(|e| {
-                e.state.id == caller.key_id
-                    && e.state.account == caller.account
-                    && e.state.scopes == caller.scopes
-            })
+    ) -> Option<Arc<KeyEntry>> {
+        service.still_authenticates(self.hash.as_ref()?, self.ip, keyledger_service::now())
     }
 }
 

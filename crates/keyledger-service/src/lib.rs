@@ -496,6 +496,19 @@ impl Service {
         self.verify_in(Some(verifier), presented, required_scopes, ip, now)
     }
 
+    /// Whether the key whose secret hashes to `hash` would still authenticate from `ip` now,
+    /// as [`Service::authenticate`] checks, without stamping a use: for a caller whose access
+    /// lasts (an event stream). Its current state, or `None`.
+    pub fn still_authenticates(
+        &self,
+        hash: &SecretHash,
+        ip: Option<IpAddr>,
+        now: Timestamp,
+    ) -> Option<Arc<KeyEntry>> {
+        let v = self.verify_hash(None, hash, &[], ip, now, false);
+        v.entry.filter(|_| v.code == VerifyCode::Valid)
+    }
+
     fn verify_in(
         &self,
         verifier: Option<&Caller>,
@@ -504,17 +517,34 @@ impl Service {
         ip: Option<IpAddr>,
         now: Timestamp,
     ) -> Verification {
+        if check_format(presented).is_err() {
+            return Verification {
+                code: VerifyCode::NotFound,
+                entry: None,
+                rotating: false,
+            };
+        }
+        let hash = SecretHash::of(presented);
+        self.verify_hash(verifier, &hash, required_scopes, ip, now, true)
+    }
+
+    /// Verification past the format check; `stamp` records a `VALID` answer as a use.
+    fn verify_hash(
+        &self,
+        verifier: Option<&Caller>,
+        hash: &SecretHash,
+        required_scopes: &[String],
+        ip: Option<IpAddr>,
+        now: Timestamp,
+        stamp: bool,
+    ) -> Verification {
         let not_found = Verification {
             code: VerifyCode::NotFound,
             entry: None,
             rotating: false,
         };
-        if check_format(presented).is_err() {
-            return not_found;
-        }
-        let hash = SecretHash::of(presented);
         let model = self.inner.model.read();
-        let Some(m) = model.by_hash(&hash) else {
+        let Some(m) = model.by_hash(hash) else {
             return not_found;
         };
         // The entry's own copies of the state's fields: fewer cache lines than `state`.
@@ -528,7 +558,7 @@ impl Service {
             && e.state
                 .previous
                 .as_ref()
-                .is_none_or(|p| p.secret_hash != hash || p.until <= now)
+                .is_none_or(|p| p.secret_hash != *hash || p.until <= now)
         {
             return not_found;
         }
@@ -543,7 +573,9 @@ impl Service {
         } else if !required_scopes.iter().all(|r| e.state.has_scope(r)) {
             VerifyCode::InsufficientScopes
         } else {
-            model.touch(&m.entry, now.millis());
+            if stamp {
+                model.touch(&m.entry, now.millis());
+            }
             VerifyCode::Valid
         };
         Verification {

@@ -238,16 +238,15 @@ impl<W: Write> Printer<'_, W> {
         let seq = env.get("seq").and_then(Value::as_u64).unwrap_or(0);
         let verdict = match &self.verifier {
             Some(v) => {
-                let signer = env
-                    .get("signer")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                if !v.knows(signer) {
+                let failed = |e: String| anyhow::anyhow!("verification failed: seq {seq}: {e}");
+                let hash = check_hash(&env, header_hash).map_err(failed)?;
+                // Only an intact event may send the tail to fetch the signing keys again.
+                let signer = env.get("signer").and_then(Value::as_str);
+                if let Some(signer) = signer.filter(|s| !v.knows(s)) {
                     let signer = signer.to_owned();
                     return Err(UnknownSigner { seq, signer }.into());
                 }
-                check(&env, header_hash, v, &mut self.prev)
-                    .map_err(|e| anyhow::anyhow!("verification failed: seq {seq}: {e}"))?;
+                check_signed_and_linked(&env, &hash, v, &mut self.prev).map_err(failed)?;
                 " ✓"
             }
             None => "",
@@ -273,25 +272,30 @@ impl<W: Write> Printer<'_, W> {
     }
 }
 
-/// Checks one envelope: its `hash` is the recomputed hash of the payload (and equals
-/// `header_hash`, where the transport carries one), the signature verifies, and for
-/// consecutive seqs `prev_hash` links to the previous event.
-fn check(
-    env: &Value,
-    header_hash: Option<&str>,
-    verifier: &SignatureVerifier,
-    prev: &mut Option<(u64, String)>,
-) -> Result<(), String> {
+/// Checks one envelope's `hash`: it is the recomputed hash of the payload (and equals
+/// `header_hash`, where the transport carries one). The hash, as bytes.
+fn check_hash(env: &Value, header_hash: Option<&str>) -> Result<[u8; 32], String> {
     let hash = envelope_hash(env).map_err(|e| e.to_string())?;
     let hex_hash = hex::encode(hash);
-    let field = |k: &str| env.get(k).and_then(Value::as_str).unwrap_or_default();
-    if field("hash") != hex_hash {
+    if env.get("hash").and_then(Value::as_str) != Some(hex_hash.as_str()) {
         return Err("hash does not match the payload".into());
     }
     if header_hash.is_some_and(|h| h != hex_hash) {
         return Err("Keyledger-Hash header does not match the payload".into());
     }
-    verifier.verify(field("signer"), &hash, field("signature"))?;
+    Ok(hash)
+}
+
+/// Checks the rest of an envelope whose `hash` checked out: the signature verifies, and for
+/// consecutive seqs `prev_hash` links to the previous event.
+fn check_signed_and_linked(
+    env: &Value,
+    hash: &[u8; 32],
+    verifier: &SignatureVerifier,
+    prev: &mut Option<(u64, String)>,
+) -> Result<(), String> {
+    let field = |k: &str| env.get(k).and_then(Value::as_str).unwrap_or_default();
+    verifier.verify(field("signer"), hash, field("signature"))?;
     let seq = env.get("seq").and_then(Value::as_u64).unwrap_or(0);
     if let Some((p_seq, p_hash)) = prev.as_ref()
         && *p_seq + 1 == seq
@@ -299,7 +303,7 @@ fn check(
     {
         return Err("prev_hash does not link to the previous event".into());
     }
-    *prev = Some((seq, hex_hash));
+    *prev = Some((seq, hex::encode(hash)));
     Ok(())
 }
 
@@ -330,7 +334,12 @@ async fn follow_nats<W: Write>(
                 .map_or("", |(_, v)| v.as_str());
             match printer.event(&msg.payload, Some(hash)) {
                 Ok(more) => more,
-                Err(e) if e.is::<UnknownSigner>() && reloaded_at != Some(msg.stream_seq) => {
+                // Resuming needs the message's stream seq (0 when its metadata was unreadable).
+                Err(e)
+                    if e.is::<UnknownSigner>()
+                        && msg.stream_seq > 0
+                        && reloaded_at != Some(msg.stream_seq) =>
+                {
                     unknown_at = Some((msg.stream_seq, e));
                     false
                 }

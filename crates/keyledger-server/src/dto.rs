@@ -150,23 +150,30 @@ impl From<UpdateKeyRequest> for keyledger_core::KeyPatch {
     }
 }
 
-/// The invisible characters of the BMP as `validate::is_invisible` lists them, for a regex
-/// class; those outside the BMP cannot be named for every regex dialect (the server refuses
-/// them all).
-macro_rules! invisible_class {
-    () => {
-        r"\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
-    };
+/// A regex class body naming the invisible characters of the BMP (`validate::INVISIBLE`); those
+/// outside it cannot be named for every regex dialect (the server refuses them all).
+fn invisible_class() -> String {
+    keyledger_core::validate::INVISIBLE
+        .iter()
+        .filter(|r| *r.end() <= '\u{ffff}')
+        .map(|r| {
+            let (start, end) = (u32::from(*r.start()), u32::from(*r.end()));
+            if start == end {
+                format!(r"\u{start:04x}")
+            } else {
+                format!(r"\u{start:04x}-\u{end:04x}")
+            }
+        })
+        .collect()
 }
 
 /// A name, owner or role: no control character, and at least one that is neither whitespace
 /// nor invisible. Set on the schemas by a modifier (`TextPatterns`): utoipa's `pattern`
 /// attribute takes only a literal.
-pub(crate) const TEXT_PATTERN: &str = concat!(
-    r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f",
-    invisible_class!(),
-    r"][^\x00-\x1f\x7f-\x9f]*$"
-);
+pub(crate) fn text_pattern() -> String {
+    let class = invisible_class();
+    format!(r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f{class}][^\x00-\x1f\x7f-\x9f]*$")
+}
 
 /// A scope as the domain accepts it, for the document only: requests carry plain strings.
 pub struct Scope;
@@ -181,10 +188,9 @@ impl utoipa::PartialSchema for Scope {
             )))
             .min_length(Some(1))
             .max_length(Some(MAX_SCOPE))
-            .pattern(Some(concat!(
-                r"^[^\s\x00-\x1f\x7f-\x9f",
-                invisible_class!(),
-                "]+$"
+            .pattern(Some(format!(
+                r"^[^\s\x00-\x1f\x7f-\x9f{}]+$",
+                invisible_class()
             )))
             .into()
     }

@@ -223,7 +223,7 @@ impl utoipa::Modify for OptionalResetBody {
     }
 }
 
-/// The rule for names, owners and roles ([`dto::TEXT_PATTERN`]) on both request schemas.
+/// The rule for names, owners and roles ([`dto::text_pattern`]) on both request schemas.
 struct TextPatterns;
 
 impl utoipa::Modify for TextPatterns {
@@ -232,13 +232,14 @@ impl utoipa::Modify for TextPatterns {
         let Some(components) = openapi.components.as_mut() else {
             return;
         };
+        let pattern = dto::text_pattern();
         for name in ["CreateKeyRequest", "UpdateKeyRequest"] {
             let Some(RefOr::T(Schema::Object(request))) = components.schemas.get_mut(name) else {
                 continue;
             };
             for field in ["name", "owner", "role"] {
                 if let Some(RefOr::T(Schema::Object(text))) = request.properties.get_mut(field) {
-                    text.pattern = Some(dto::TEXT_PATTERN.to_owned());
+                    text.pattern = Some(pattern.clone());
                 }
             }
         }

@@ -412,11 +412,9 @@ fn fsync_loop(dir: &Path, seconds: f64) -> anyhow::Result<(f64, Latency)> {
 }
 
 fn http_scenarios(data: &dataset::Dataset, args: &Args, r: &mut Results) -> anyhow::Result<()> {
-    let mut server_rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.server_worker_threads {
-        server_rt.worker_threads(usize::from(n));
-    }
-    let server_rt = server_rt.enable_all().thread_name("server").build()?;
+    let server_rt = keyledger::runtime_builder(args.server_worker_threads)
+        .thread_name("server")
+        .build()?;
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .enable_all()

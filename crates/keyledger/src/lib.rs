@@ -18,6 +18,17 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The runtime of `keyledger serve` (and of the load generator's server, so that both run
+/// alike): `worker_threads` workers, default one per core.
+pub fn runtime_builder(worker_threads: Option<u16>) -> tokio::runtime::Builder {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        rt.worker_threads(usize::from(n));
+    }
+    rt.enable_all();
+    rt
+}
+
 /// Everything `keyledger serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {

@@ -224,15 +224,11 @@ fn run() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
     let worker_threads = match &cli.command {
         Command::Serve { worker_threads, .. } => *worker_threads,
         _ => None,
     };
-    if let Some(n) = worker_threads {
-        rt.worker_threads(usize::from(n));
-    }
-    let rt = rt.enable_all().build()?;
+    let rt = keyledger::runtime_builder(worker_threads).build()?;
     match cli.command {
         Command::Serve {
             data,

@@ -209,3 +209,34 @@ async fn given_bootstrap_key_is_not_duplicated_by_restart() {
         .json();
     assert_eq!(page["total"], 1, "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_that_fails_leaves_the_bootstrap_key_to_the_next_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut taken = keyledger::ServeOptions::new(dir.path());
+    taken.listen = busy.local_addr().expect("addr");
+    let mut no_tls = keyledger::ServeOptions::new(dir.path());
+    no_tls.tls = Some((dir.path().join("nope.crt"), dir.path().join("nope.key")));
+    for (opts, cause) in [(taken, "binding"), (no_tls, "nope.crt")] {
+        let err = keyledger::start(opts).await.err().expect("the start fails");
+        assert!(format!("{err:#}").contains(cause), "{err:#}");
+    }
+    let server = keyledger::start(keyledger::ServeOptions::new(dir.path()))
+        .await
+        .expect("starts");
+    let secret = server
+        .bootstrap_secret
+        .clone()
+        .expect("the first start that serves makes the bootstrap key");
+    let me = reqwest::Client::new()
+        .get(format!("http://{}/v1/me", server.addr))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(me.status(), 200);
+    let me: serde_json::Value = me.json().await.expect("json");
+    assert_eq!(me["scopes"], serde_json::json!(["admin"]));
+    server.shutdown().await;
+}

@@ -128,31 +128,45 @@ pub async fn start_with(
     metrics: Arc<Metrics>,
     opts: ServeOptions,
 ) -> anyhow::Result<Server> {
-    // Only an empty log takes the preset: once it has events, a stale or mistyped value left
-    // in the environment must not keep the service from starting.
-    let preset = opts
-        .bootstrap_key
-        .as_deref()
-        .filter(|_| service.head() == 0)
-        .map(|k| Secret::parse(k.trim()))
-        .transpose()
-        .map_err(|e| {
-            anyhow::anyhow!("KEYLEDGER_BOOTSTRAP_KEY is not a well-formed keyledger key: {e}")
-        })?;
-    let bootstrap_secret = service
-        .bootstrap(preset)
-        .await
-        .context("creating the bootstrap admin key")?
-        .map(|s| s.expose().to_owned());
-    let tls = opts
-        .tls
-        .as_ref()
-        .map(|(cert, key)| keyledger_server::load_tls(cert, key))
-        .transpose()?;
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("binding {}", opts.listen))?;
-    let addr = listener.local_addr()?;
+    let front = async {
+        // Only an empty log takes the preset: once it has events, a stale or mistyped value
+        // left in the environment must not keep the service from starting.
+        let preset = opts
+            .bootstrap_key
+            .as_deref()
+            .filter(|_| service.head() == 0)
+            .map(|k| Secret::parse(k.trim()))
+            .transpose()
+            .map_err(|e| {
+                anyhow::anyhow!("KEYLEDGER_BOOTSTRAP_KEY is not a well-formed keyledger key: {e}")
+            })?;
+        // Everything that can still fail comes before the bootstrap key: a start that failed
+        // after creating it would leave a log whose only admin key was never shown.
+        let tls = opts
+            .tls
+            .as_ref()
+            .map(|(cert, key)| keyledger_server::load_tls(cert, key))
+            .transpose()?;
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .with_context(|| format!("binding {}", opts.listen))?;
+        let addr = listener.local_addr()?;
+        let bootstrap_secret = service
+            .bootstrap(preset)
+            .await
+            .context("creating the bootstrap admin key")?
+            .map(|s| s.expose().to_owned());
+        anyhow::Ok((tls, listener, addr, bootstrap_secret))
+    };
+    let (tls, listener, addr, bootstrap_secret) = match front.await {
+        Ok(front) => front,
+        Err(e) => {
+            // Closes the log, so that the data dir can be opened again in this process.
+            let service = service.clone();
+            let _ = tokio::task::spawn_blocking(move || service.shutdown()).await;
+            return Err(e);
+        }
+    };
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let shutdown_watch = shutdown_rx.clone();
     if opts.nats_url.is_some() {

@@ -5,7 +5,7 @@
 use crate::ProjectionError;
 use keyledger_core::{KeyState, evolve, evolve_in_place, evolve_owned};
 use keyledger_store::{Envelope, Log, Projector, StoreError};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
 
 pub(crate) const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("proj_keys");

@@ -90,6 +90,13 @@ impl Config {
 pub enum OpenError {
     #[error("data dir {path}: {message}")]
     DataDir { path: String, message: String },
+    #[error(
+        "the log holds {events} events, but there is no signing key file at {path}: pass \
+         --signing-key-file (KEYLEDGER_SIGNING_KEY_FILE) if the keys live elsewhere; if they \
+         are lost, `keyledger signing-key rotate --create` starts a new file (earlier events \
+         then verify only against the published public keys)"
+    )]
+    NoSigningKeys { path: String, events: u64 },
     #[error(transparent)]
     Signing(#[from] keyledger_store::SigningError),
     #[error(transparent)]
@@ -101,12 +108,47 @@ pub enum OpenError {
 /// Opens the log of a data dir (creating dir, log and signing key as needed), without starting
 /// a service: for offline tools.
 pub fn open_log(config: &Config) -> Result<Log, OpenError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| OpenError::DataDir {
-        path: config.data_dir.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let keys = SigningKeys::load_or_create(&config.signing_key_path(), now())?;
+    create_data_dir(&config.data_dir)?;
+    let keys = signing_keys(config, true)?;
     Ok(Log::open(&config.log_path(), keys)?)
+}
+
+/// Opens the existing log of a data dir without writing to it (see [`Log::open_read_only`]):
+/// for audits and exports, which must leave the file as it was.
+pub fn open_log_read_only(config: &Config) -> Result<Log, OpenError> {
+    let keys = signing_keys(config, false)?;
+    Ok(Log::open_read_only(&config.log_path(), keys)?)
+}
+
+/// The data dir, created owner-only if missing (it holds the log and, by default, the signing
+/// keys); an existing dir keeps its permissions.
+fn create_data_dir(dir: &std::path::Path) -> Result<(), OpenError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| OpenError::DataDir {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The log's signing keys. A missing key file is created only for a log without events (and
+/// only when `may_create`): for any other log it means the keys are elsewhere, and a new key
+/// would sign events that no published key verifies.
+fn signing_keys(config: &Config, may_create: bool) -> Result<SigningKeys, OpenError> {
+    let path = config.signing_key_path();
+    if path.exists() {
+        return Ok(SigningKeys::load(&path)?);
+    }
+    let events = Log::stored_head(&config.log_path())?;
+    if events > 0 || !may_create {
+        return Err(OpenError::NoSigningKeys {
+            path: path.display().to_string(),
+            events,
+        });
+    }
+    Ok(SigningKeys::create(&path, now())?)
 }
 
 /// Input of a create, as received (defaults are filled in here).

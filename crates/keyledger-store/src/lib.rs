@@ -25,8 +25,8 @@ pub mod signing;
 
 pub use envelope::{Envelope, GENESIS_HASH, RawEvent, ReplayEvent};
 pub use log::{
-    AppendRequest, AppendResult, DEFAULT_CACHE_BYTES, IdempotencyRecord, Log, NoProjection, Opener,
-    Projector,
+    AppendRequest, AppendResult, DEFAULT_CACHE_BYTES, Db, IdempotencyRecord, Log, NoProjection,
+    Opener, Projector,
 };
 pub use signing::{PublicKeyInfo, SignatureVerifier, SigningError, SigningKeys};
 

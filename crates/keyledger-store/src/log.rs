@@ -21,7 +21,8 @@ use crate::{AppendError, StoreError};
 use keyledger_core::event::SCHEMA_VERSION;
 use keyledger_core::{Event, Timestamp};
 use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -94,6 +95,44 @@ pub type AppendResult = Result<Vec<Envelope>, AppendError>;
 /// Opens the database file; called again to recover after an I/O error.
 pub type Opener = Arc<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
+/// The database under a log: writable, or read-only for audits and exports, which must leave
+/// the file they check as it was (a writable open commits at least once).
+pub enum Db {
+    Writable(Database),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+impl Db {
+    pub fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        Ok(match self {
+            Db::Writable(db) => db.begin_read()?,
+            Db::ReadOnly(db) => db.begin_read()?,
+        })
+    }
+
+    pub fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        match self {
+            Db::Writable(db) => Ok(db.begin_write()?),
+            Db::ReadOnly(_) => Err(StoreError::Storage("the log is open read-only".into())),
+        }
+    }
+}
+
+/// `e` from opening the log at `path`, saying what to do where the cause is a common one.
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    let path = path.display();
+    StoreError::Storage(match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => format!(
+            "{path} is open in another process (is `keyledger serve` running on this data dir?)"
+        ),
+        redb::DatabaseError::RepairAborted => format!(
+            "{path} was not closed cleanly and needs a repair, which a read-only open does not \
+             make: start `keyledger serve` on it once (or run `keyledger replay`), then retry"
+        ),
+        e => format!("{path}: {e}"),
+    })
+}
+
 /// The event log. Cheap to clone; clones share the database.
 ///
 /// After an I/O error redb refuses every further operation until the database is reopened;
@@ -101,10 +140,10 @@ pub type Opener = Arc<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 /// recovers once the fault clears.
 #[derive(Clone)]
 pub struct Log {
-    db: Arc<parking_lot::RwLock<Option<Arc<Database>>>>,
+    db: Arc<parking_lot::RwLock<Option<Arc<Db>>>>,
     /// Set by [`Log::close`]: a closed log is never reopened.
     closed: Arc<AtomicBool>,
-    opener: Opener,
+    opener: Arc<dyn Fn() -> Result<Db, StoreError> + Send + Sync>,
     keys: Arc<SigningKeys>,
     signers: Arc<SigningPool>,
 }
@@ -308,12 +347,28 @@ impl Log {
         let path = path.to_path_buf();
         Self::open_with(
             Arc::new(move || {
-                Ok(Database::builder()
+                Database::builder()
                     .set_cache_size(cache_bytes)
-                    .create(&path)?)
+                    .create(&path)
+                    .map_err(|e| open_error(&path, e))
             }),
             keys,
         )
+    }
+
+    /// Opens the existing log at `path` without writing to it: appends and cursor updates
+    /// fail. A log that was not closed cleanly is refused (its repair would write).
+    pub fn open_read_only(path: &Path, keys: SigningKeys) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        let opener = move || {
+            Database::builder()
+                .set_cache_size(DEFAULT_CACHE_BYTES)
+                .open_read_only(&path)
+                .map(Db::ReadOnly)
+                .map_err(|e| open_error(&path, e))
+        };
+        let db = opener()?;
+        Ok(Self::with_db(db, Arc::new(opener), keys))
     }
 
     /// Opens the log through `opener` (e.g. on a custom storage backend).
@@ -329,17 +384,56 @@ impl Log {
         txn.open_table(REPLAY)?;
         txn.commit()?;
         fill_replay_rows(&db)?;
-        Ok(Self {
+        Ok(Self::with_db(
+            Db::Writable(db),
+            Arc::new(move || opener().map(Db::Writable)),
+            keys,
+        ))
+    }
+
+    /// The last seq of the log file at `path` (0 if there is none), without a signing key: to
+    /// decide whether a missing key file may be created. Repairs the file only if it needs it.
+    pub fn stored_head(path: &Path) -> Result<u64, StoreError> {
+        if !path.exists() {
+            return Ok(0);
+        }
+        let db = match Database::builder().open_read_only(path) {
+            Ok(db) => Db::ReadOnly(db),
+            Err(redb::DatabaseError::RepairAborted) => Db::Writable(
+                Database::builder()
+                    .create(path)
+                    .map_err(|e| open_error(path, e))?,
+            ),
+            Err(e) => return Err(open_error(path, e)),
+        };
+        let txn = db.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(match meta.get("head")? {
+            Some(v) => decode_head(v.value())?.seq,
+            None => 0,
+        })
+    }
+
+    fn with_db(
+        db: Db,
+        opener: Arc<dyn Fn() -> Result<Db, StoreError> + Send + Sync>,
+        keys: SigningKeys,
+    ) -> Self {
+        Self {
             db: Arc::new(parking_lot::RwLock::new(Some(Arc::new(db)))),
             closed: Arc::default(),
             opener,
             keys: Arc::new(keys),
             signers: Arc::new(SigningPool::new(parallelism() - 1)),
-        })
+        }
     }
 
     /// The open database; an error while it is being reopened after an I/O failure.
-    pub fn database(&self) -> Result<Arc<Database>, StoreError> {
+    pub fn database(&self) -> Result<Arc<Db>, StoreError> {
         self.db.read().clone().ok_or_else(|| {
             StoreError::Storage("the log is being reopened after an I/O error".into())
         })
@@ -807,7 +901,7 @@ impl Log {
                     self.database()?
                 }
             };
-            let txn = db.begin_write().map_err(StoreError::from)?;
+            let txn = db.begin_write()?;
             write(&txn)?;
             txn.commit().map_err(StoreError::from)?;
             Ok(())

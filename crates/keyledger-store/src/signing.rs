@@ -89,6 +89,11 @@ impl SigningKeys {
         if path.exists() {
             return Self::load(path);
         }
+        Self::create(path, now)
+    }
+
+    /// A new key file at `path` with one fresh key.
+    pub fn create(path: &Path, now: Timestamp) -> Result<Self, SigningError> {
         let keys = Self {
             entries: vec![Self::entry(random_key(path)?, now)],
         };

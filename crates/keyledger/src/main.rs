@@ -4,7 +4,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keyledger::{ServeOptions, start};
-use keyledger_service::{Actor, Config, CreateKey, ListQuery, Service, open_log};
+use keyledger_service::{
+    Actor, Config, CreateKey, ListQuery, Service, open_log, open_log_read_only,
+};
 use keyledger_store::SigningKeys;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -148,7 +150,8 @@ enum EventsCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check seqs, the hash chain and every signature; exit 1 naming the first bad seq.
+    /// Check seqs, the hash chain, every signature and every replay row, without changing the
+    /// log; exit 1 naming the first bad seq.
     Verify {
         #[command(flatten)]
         data: DataArgs,
@@ -191,6 +194,10 @@ enum SigningKeyCommand {
     Rotate {
         #[command(flatten)]
         data: DataArgs,
+        /// Start a new key file if there is none (when the keys are lost: events signed before
+        /// then verify only against their published public keys).
+        #[arg(long)]
+        create: bool,
     },
     /// Print the public keys as `GET /v1/signing-key` does.
     List {
@@ -259,10 +266,24 @@ fn run() -> anyhow::Result<()> {
         } => audit_verify(&data),
         Command::Keys { command } => rt.block_on(keys(command)),
         Command::SigningKey {
-            command: SigningKeyCommand::Rotate { data },
+            command: SigningKeyCommand::Rotate { data, create },
         } => {
-            let info =
-                SigningKeys::rotate(&data.config().signing_key_path(), keyledger_service::now())?;
+            let path = data.config().signing_key_path();
+            let now = keyledger_service::now();
+            if !create && !path.exists() {
+                bail!(
+                    "no signing key file at {}: pass --signing-key-file (or \
+                     KEYLEDGER_SIGNING_KEY_FILE) if it lives elsewhere; --create starts a new one",
+                    path.display()
+                );
+            }
+            let info = if create && !path.exists() {
+                let keys = SigningKeys::create(&path, now)?;
+                eprintln!("created {} with a new key", path.display());
+                keys.public_keys().pop().expect("one key")
+            } else {
+                SigningKeys::rotate(&path, now)?
+            };
             println!("{}", serde_json::to_string(&info)?);
             Ok(())
         }
@@ -354,7 +375,7 @@ fn replay(data: &DataArgs) -> anyhow::Result<()> {
 }
 
 fn export(data: &DataArgs, after: u64) -> anyhow::Result<()> {
-    let log = open_log(&data.existing()?)?;
+    let log = open_log_read_only(&data.existing()?)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = None;
     log.scan_raw(after, |_, bytes| {
@@ -373,7 +394,7 @@ fn export(data: &DataArgs, after: u64) -> anyhow::Result<()> {
 }
 
 fn audit_verify(data: &DataArgs) -> anyhow::Result<()> {
-    let log = open_log(&data.existing()?)?;
+    let log = open_log_read_only(&data.existing()?)?;
     let (head, _) = log.head()?;
     let pb = bar(head, "verify");
     let verifier = log.signing_keys().verifier();
@@ -390,6 +411,7 @@ fn audit_verify(data: &DataArgs) -> anyhow::Result<()> {
         }
         Err(e) => {
             eprintln!("audit failed: {e}");
+            drop(log);
             std::process::exit(1);
         }
     }

@@ -148,6 +148,118 @@ fn audit_verify_names_a_modified_event() {
     assert!(err.contains("seq 2: hash does not match"), "{err}");
 }
 
+/// An auditor must not change the evidence: not when the audit passes, and not when it fails
+/// on a tampered file (a writable open would leave it needing a repair, which a bad page then
+/// makes impossible, so the service could no longer start on it).
+#[test]
+fn audit_verify_and_export_leave_the_log_file_as_it_was() {
+    let dir = populated();
+    let before = std::fs::read(log_path(dir.path())).unwrap();
+    ok(keyledger(&["audit", "verify"], dir.path()));
+    ok(keyledger(&["events", "export"], dir.path()));
+    assert!(
+        std::fs::read(log_path(dir.path())).unwrap() == before,
+        "changed by a passing audit"
+    );
+
+    // Tamper below redb, as an intruder with the file would: its page checksums no longer match.
+    let mut bytes = before;
+    let (from, to) = (br#""name":"two""#, br#""name":"twx""#);
+    let mut flipped = 0;
+    for i in 0..bytes.len() - from.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + to.len()].copy_from_slice(to);
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0, "the event's JSON is in the file");
+    std::fs::write(log_path(dir.path()), &bytes).unwrap();
+    audit_failure(dir.path());
+    ok(keyledger(&["events", "export"], dir.path()));
+    assert!(
+        std::fs::read(log_path(dir.path())).unwrap() == bytes,
+        "changed by a failed audit"
+    );
+    let keys = ok(keyledger(&["keys", "list"], dir.path()));
+    assert_eq!(keys.lines().count(), 2, "{keys}");
+}
+
+/// A command on a data dir whose server keeps its signing keys elsewhere must not sign with a
+/// stray new key, which no published key verifies.
+#[test]
+fn no_command_creates_a_signing_key_for_a_log_with_events() {
+    let dir = populated();
+    let default = dir.path().join("signing-keys.json");
+    let elsewhere = dir.path().join("elsewhere.json");
+    std::fs::rename(&default, &elsewhere).unwrap();
+    for args in [
+        &["audit", "verify"][..],
+        &["events", "export"],
+        &["replay"],
+        &["keys", "list"],
+        &["keys", "create", "--name", "four"],
+    ] {
+        let out = keyledger(args, dir.path());
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("no signing key file at"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("--signing-key-file"), "{args:?}: {stderr}");
+        assert!(!default.exists(), "{args:?} created a signing key");
+    }
+    let given = ["--signing-key-file", elsewhere.to_str().unwrap()];
+    let audit = ok(keyledger(
+        &[&["audit", "verify"][..], &given].concat(),
+        dir.path(),
+    ));
+    assert!(audit.contains("4 events"), "{audit}");
+
+    // Rotating a file that is not there says where it looked; `--create` starts one.
+    let out = keyledger(&["signing-key", "rotate"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--create"),
+        "{stderr}"
+    );
+    assert!(!default.exists());
+    let created: Value = serde_json::from_str(&ok(keyledger(
+        &["signing-key", "rotate", "--create"],
+        dir.path(),
+    )))
+    .unwrap();
+    let listed: Value =
+        serde_json::from_str(&ok(keyledger(&["signing-key", "list"], dir.path()))).unwrap();
+    assert_eq!(listed["keys"], serde_json::json!([created]));
+}
+
+#[test]
+fn a_new_data_dir_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("new");
+    ok(keyledger(&["keys", "create", "--name", "one"], &dir));
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+}
+
+#[test]
+fn offline_commands_on_a_served_data_dir_name_the_server() {
+    let dir = populated();
+    let served = serve(dir.path());
+    for args in [&["audit", "verify"][..], &["keys", "list"]] {
+        let out = keyledger(args, dir.path());
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is `keyledger serve` running"),
+            "{args:?}: {stderr}"
+        );
+    }
+    served.stop();
+}
+
 #[test]
 fn audit_verify_names_a_removed_event() {
     let dir = populated();

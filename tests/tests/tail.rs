@@ -298,6 +298,16 @@ async fn tail_from_nats_filters_by_subject() {
     assert_eq!(envs[0]["account"], "acme");
 }
 
+/// The consumer of a tail lives in the nats-server: a restart of that server loses it, and the
+/// tail used to exit with "consumer not found".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_nats_resumes_after_the_nats_server_restarts() {
+    let mut nats = NatsServer::start();
+    let mut h = Harness::start_publishing_to(&nats).await;
+    let o = nats_tail(&h, &nats);
+    tail_across(&mut h, o, async |_| nats.restart()).await;
+}
+
 /// Stops the service, rotates its signing key as `keyledger signing-key rotate` does, and
 /// starts it again on the same address: later events carry a signer the tail has not seen.
 async fn rotate_the_signing_key(h: &mut Harness) {

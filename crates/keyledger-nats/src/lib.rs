@@ -387,11 +387,49 @@ pub struct TailMessage {
 
 /// Follows the stream with an ordered consumer on `filter` (a subject under
 /// `keyledger.keys.>`), calling `on_message` until it returns `false`.
+///
+/// The first connection must work (a wrong URL or a missing stream is not worth waiting on).
+/// After that, a broken connection or a lost consumer (the NATS server restarted, say) is
+/// resumed at the stream seq after the last message delivered, after `on_resume` is told why;
+/// so no message is skipped or delivered twice.
 pub async fn tail(
     url: &str,
     filter: &str,
     from: TailFrom,
     mut on_message: impl FnMut(TailMessage) -> bool,
+    mut on_resume: impl FnMut(&NatsError, u64),
+) -> Result<(), NatsError> {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+    let mut start = from;
+    let mut started = false;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let mut consuming = false;
+        let result = tail_session(url, filter, &mut start, &mut consuming, &mut on_message).await;
+        started |= consuming;
+        match (result, start) {
+            (Ok(()), _) => return Ok(()),
+            (Err(e), TailFrom::StreamSeq(next)) if started => {
+                if consuming {
+                    backoff = FIRST_BACKOFF;
+                }
+                on_resume(&e, next);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            (Err(e), _) => return Err(e),
+        }
+    }
+}
+
+/// One connection of [`tail`]. Once its consumer exists it sets `consuming`, and from then on
+/// keeps `start` at the stream seq to resume at.
+async fn tail_session(
+    url: &str,
+    filter: &str,
+    start: &mut TailFrom,
+    consuming: &mut bool,
+    on_message: &mut impl FnMut(TailMessage) -> bool,
 ) -> Result<(), NatsError> {
     use futures_util::StreamExt;
     use jetstream::consumer::{DeliverPolicy, pull};
@@ -399,24 +437,32 @@ pub async fn tail(
         .await
         .map_err(err(NatsError::Connect))?;
     let js = jetstream::new(client);
-    let stream = js
+    let mut stream = js
         .get_stream(STREAM)
         .await
         .map_err(err(NatsError::Stream))?;
-    let deliver_policy = match from {
-        TailFrom::New => DeliverPolicy::New,
-        TailFrom::All => DeliverPolicy::All,
-        TailFrom::StreamSeq(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+    // "New" is pinned to a seq, so that a resumed tail does not skip what came in between.
+    let first = match *start {
+        TailFrom::New => {
+            let info = stream.info().await.map_err(err(NatsError::Stream))?;
+            info.state.last_sequence + 1
+        }
+        TailFrom::All => 1,
+        TailFrom::StreamSeq(n) => n.max(1),
     };
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: filter.to_owned(),
-            deliver_policy,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: first,
+            },
             ..Default::default()
         })
         .await
         .map_err(err(NatsError::Stream))?;
     let mut messages = consumer.messages().await.map_err(err(NatsError::Stream))?;
+    *start = TailFrom::StreamSeq(first);
+    *consuming = true;
     while let Some(msg) = messages.next().await {
         let msg = msg.map_err(err(NatsError::Stream))?;
         let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
@@ -435,11 +481,16 @@ pub async fn tail(
             headers,
             payload: msg.payload.to_vec(),
         };
+        if stream_seq > 0 {
+            *start = TailFrom::StreamSeq(stream_seq + 1);
+        }
         if !on_message(m) {
-            break;
+            return Ok(());
         }
     }
-    Ok(())
+    Err(NatsError::Stream(
+        "the consumer's message stream ended".into(),
+    ))
 }
 
 #[cfg(test)]

@@ -325,30 +325,38 @@ async fn follow_nats<W: Write>(
     loop {
         let mut failed = None;
         let mut unknown_at = None;
-        keyledger_nats::tail(&opts.nats_url, subject, from, |msg| {
-            // The publisher always sends the header: a message without it fails verification.
-            let hash = msg
-                .headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case("Keyledger-Hash"))
-                .map_or("", |(_, v)| v.as_str());
-            match printer.event(&msg.payload, Some(hash)) {
-                Ok(more) => more,
-                // Resuming needs the message's stream seq (0 when its metadata was unreadable).
-                Err(e)
-                    if e.is::<UnknownSigner>()
-                        && msg.stream_seq > 0
-                        && reloaded_at != Some(msg.stream_seq) =>
-                {
-                    unknown_at = Some((msg.stream_seq, e));
-                    false
+        keyledger_nats::tail(
+            &opts.nats_url,
+            subject,
+            from,
+            |msg| {
+                // The publisher always sends the header: a message without it fails verification.
+                let hash = msg
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("Keyledger-Hash"))
+                    .map_or("", |(_, v)| v.as_str());
+                match printer.event(&msg.payload, Some(hash)) {
+                    Ok(more) => more,
+                    // Resuming needs the message's stream seq (0 when its metadata was unreadable).
+                    Err(e)
+                        if e.is::<UnknownSigner>()
+                            && msg.stream_seq > 0
+                            && reloaded_at != Some(msg.stream_seq) =>
+                    {
+                        unknown_at = Some((msg.stream_seq, e));
+                        false
+                    }
+                    Err(e) => {
+                        failed = Some(e.context(format!("stream seq {}", msg.stream_seq)));
+                        false
+                    }
                 }
-                Err(e) => {
-                    failed = Some(e.context(format!("stream seq {}", msg.stream_seq)));
-                    false
-                }
-            }
-        })
+            },
+            |e, next| {
+                eprintln!("keyledger: the NATS stream broke ({e}); resuming at stream seq {next}");
+            },
+        )
         .await?;
         match unknown_at {
             Some((stream_seq, e)) => {

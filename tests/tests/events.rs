@@ -3,6 +3,7 @@
 //! is the job of `keyledger audit verify` and the store's own tests.
 
 use keyledger_e2e::*;
+use reqwest::Method;
 
 const ENVELOPE_FIELDS: &[&str] = &[
     "seq",
@@ -198,4 +199,47 @@ async fn signing_key_is_published_as_ed25519() {
             "{k}"
         );
     }
+}
+
+/// A cursor past the head cannot come from this log (another log, or a restore from backup):
+/// following it would silently skip every event up to it, so it is refused, on the page and on
+/// the stream alike. The head itself is a valid cursor: nothing yet, then what comes next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_beyond_the_head_is_refused_not_followed() {
+    let h = Harness::start().await;
+    lifecycle(&h).await;
+    let head = h.log_head().await;
+    let page = h
+        .get(&format!("/v1/events?after={head}"), &h.admin)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(page["data"], json!([]));
+    assert_eq!(page["next_after"], head);
+    let beyond = head + 1;
+    let err = h
+        .get(&format!("/v1/events?after={beyond}"), &h.admin)
+        .await
+        .expect_invalid_field("after");
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains(&format!("({head})")), "{message}");
+    h.get(&format!("/v1/events/stream?after={beyond}"), &h.admin)
+        .await
+        .expect_invalid_field("after");
+    let resp = h
+        .request(Method::GET, "/v1/events/stream?after=0")
+        .bearer_auth(&h.admin)
+        .header("Last-Event-ID", beyond.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Last-Event-ID:"),
+        "{body}"
+    );
 }

@@ -24,7 +24,7 @@ pub const MAX_EVENTS_LIMIT: usize = 1000;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct EventParams {
-    /// Return events with seq greater than this (default 0).
+    /// Return events with seq greater than this (default 0); at most the log's last seq.
     pub after: Option<u64>,
     /// 1..=1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
@@ -120,8 +120,9 @@ pub async fn key_events(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StreamParams {
-    /// Start after this seq (default 0 = from the beginning). A `Last-Event-ID` header wins:
-    /// an EventSource reconnecting to the same URL resumes where it left off.
+    /// Start after this seq (default 0 = from the beginning; at most the log's last seq). A
+    /// `Last-Event-ID` header wins: an EventSource reconnecting to the same URL resumes where
+    /// it left off.
     pub after: Option<u64>,
     /// Only this type, e.g. `key.rotated`.
     #[serde(rename = "type")]
@@ -159,11 +160,18 @@ pub async fn stream_events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
+    let last = last_event_id.or(p.after).unwrap_or(0);
+    let field = if last_event_id.is_some() {
+        "Last-Event-ID"
+    } else {
+        "after"
+    };
+    st.service.check_cursor(field, last)?;
     let tail = Tail {
         // Subscribe before reading the log, so that nothing falls between the two.
         live: st.service.subscribe(),
         service: st.service.clone(),
-        last: last_event_id.or(p.after).unwrap_or(0),
+        last,
         backlog: VecDeque::new(),
         catch_up: true,
         account,

@@ -76,6 +76,7 @@ impl Service {
     ) -> Result<(Vec<Envelope>, u64), ServiceError> {
         actor.require(SCOPE_EVENTS)?;
         let account = self.account_filter(actor, q.account)?;
+        self.check_cursor("after", q.after)?;
         let mut out = Vec::new();
         let mut next_after = q.after;
         let mut scanned = 0usize;
@@ -95,6 +96,23 @@ impl Service {
             })
             .map_err(ServiceError::storage)?;
         Ok((out, next_after))
+    }
+
+    /// Refuses a cursor beyond the log's last committed seq. No client can have seen such a
+    /// seq, so it comes from another log or from before a restore, and following it would
+    /// silently skip every event up to it.
+    pub fn check_cursor(&self, field: &str, after: u64) -> Result<(), ServiceError> {
+        let (head, _) = self.log().head().map_err(ServiceError::storage)?;
+        if after > head {
+            return Err(ServiceError::Invalid {
+                field: field.into(),
+                message: format!(
+                    "{after} is beyond the log's last seq ({head}): a cursor from another log, \
+                     or from before a restore"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The full stream of a key the actor may see (also after its revocation).

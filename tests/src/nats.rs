@@ -83,6 +83,14 @@ impl NatsServer {
         self.kill();
         self.spawn().expect("nats-server restarts");
     }
+
+    /// Starts again on the same port with an empty store: every stream is gone.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.store = tempfile::tempdir_in(self.store.path().parent().expect("a parent"))
+            .expect("a new store dir");
+        self.spawn().expect("nats-server restarts");
+    }
 }
 
 impl Drop for NatsServer {

@@ -308,6 +308,16 @@ async fn tail_from_nats_resumes_after_the_nats_server_restarts() {
     tail_across(&mut h, o, async |_| nats.restart()).await;
 }
 
+/// A stream made anew numbers from 1 again: a tail that resumed at its old stream seq skipped
+/// the new stream's first events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_nats_goes_on_in_a_recreated_stream_at_its_first_message() {
+    let mut nats = NatsServer::start();
+    let mut h = Harness::start_publishing_to(&nats).await;
+    let o = nats_tail(&h, &nats);
+    tail_across(&mut h, o, async |_| nats.restart_empty()).await;
+}
+
 /// Stops the service, rotates its signing key as `keyledger signing-key rotate` does, and
 /// starts it again on the same address: later events carry a signer the tail has not seen.
 async fn rotate_the_signing_key(h: &mut Harness) {

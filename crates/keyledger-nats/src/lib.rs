@@ -390,8 +390,10 @@ pub struct TailMessage {
 ///
 /// The first connection must work (a wrong URL or a missing stream is not worth waiting on).
 /// After that, a broken connection or a lost consumer (the NATS server restarted, say) is
-/// resumed at the stream seq after the last message delivered, after `on_resume` is told why;
-/// so no message is skipped or delivered twice.
+/// resumed after the last message delivered; `on_resume` is told why and at which stream seq.
+/// No message is delivered twice (see [`Position`]). A stream deleted and created again
+/// numbers from 1: the tail then goes on at its first message, also told to `on_resume`;
+/// events that were only in the old stream are not in NATS any more.
 pub async fn tail(
     url: &str,
     filter: &str,
@@ -400,36 +402,89 @@ pub async fn tail(
     mut on_resume: impl FnMut(&NatsError, u64),
 ) -> Result<(), NatsError> {
     const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+    let mut at = Position::default();
     let mut start = from;
-    let mut started = false;
     let mut backoff = FIRST_BACKOFF;
+    let mut started = false;
     loop {
-        let mut consuming = false;
-        let result = tail_session(url, filter, &mut start, &mut consuming, &mut on_message).await;
+        let (mut consuming, mut delivered) = (false, false);
+        let result = tail_session(
+            url,
+            filter,
+            start,
+            &mut at,
+            (&mut consuming, &mut delivered),
+            &mut on_message,
+            &mut on_resume,
+        )
+        .await;
         started |= consuming;
-        match (result, start) {
-            (Ok(()), _) => return Ok(()),
-            (Err(e), TailFrom::StreamSeq(next)) if started => {
-                if consuming {
+        match result {
+            Ok(()) => return Ok(()),
+            // Until a consumer has worked once, an error is the caller's (a wrong URL or
+            // subject, no stream): nothing to resume.
+            Err(e) if !started => return Err(e),
+            Err(e) => {
+                if delivered {
                     backoff = FIRST_BACKOFF;
                 }
-                on_resume(&e, next);
+                on_resume(&e, at.next);
+                start = TailFrom::StreamSeq(at.next);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            (Err(e), _) => return Err(e),
         }
     }
 }
 
-/// One connection of [`tail`]. Once its consumer exists it sets `consuming`, and from then on
-/// keeps `start` at the stream seq to resume at.
+/// Where a tail stands, so that a resumed one neither skips nor repeats a message.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Position {
+    /// The stream seq to go on at.
+    next: u64,
+    /// The `Keyledger-Seq` of the last message delivered. One at or below it is a repeat: an
+    /// ordered consumer that re-creates itself before its first message starts over.
+    last_event: u64,
+    /// When the stream read was created; another time means it was deleted and made again.
+    stream: Option<String>,
+}
+
+impl Position {
+    /// Connected to the stream created at `created`, asked to start at `first`: where to
+    /// start, and whether the stream is another one than before (numbering from 1 again).
+    fn connect(&mut self, created: String, first: u64) -> (u64, bool) {
+        let recreated = self.stream.as_ref().is_some_and(|s| *s != created);
+        self.stream = Some(created);
+        self.next = if recreated { 1 } else { first.max(1) };
+        (self.next, recreated)
+    }
+
+    /// Whether a message is to be delivered; moves past it either way.
+    fn admit(&mut self, stream_seq: u64, event_seq: Option<u64>) -> bool {
+        if stream_seq > 0 {
+            self.next = self.next.max(stream_seq + 1);
+        }
+        match event_seq {
+            Some(seq) if seq <= self.last_event => false,
+            Some(seq) => {
+                self.last_event = seq;
+                true
+            }
+            None => true,
+        }
+    }
+}
+
+/// One connection of [`tail`], from `start`, keeping `at` current; sets `consuming` once its
+/// consumer exists and `delivered` once a message went to `on_message`.
 async fn tail_session(
     url: &str,
     filter: &str,
-    start: &mut TailFrom,
-    consuming: &mut bool,
+    start: TailFrom,
+    at: &mut Position,
+    (consuming, delivered): (&mut bool, &mut bool),
     on_message: &mut impl FnMut(TailMessage) -> bool,
+    on_resume: &mut impl FnMut(&NatsError, u64),
 ) -> Result<(), NatsError> {
     use futures_util::StreamExt;
     use jetstream::consumer::{DeliverPolicy, pull};
@@ -437,19 +492,28 @@ async fn tail_session(
         .await
         .map_err(err(NatsError::Connect))?;
     let js = jetstream::new(client);
-    let mut stream = js
+    let stream = js
         .get_stream(STREAM)
         .await
         .map_err(err(NatsError::Stream))?;
+    let info = stream.cached_info();
     // "New" is pinned to a seq, so that a resumed tail does not skip what came in between.
-    let first = match *start {
-        TailFrom::New => {
-            let info = stream.info().await.map_err(err(NatsError::Stream))?;
-            info.state.last_sequence + 1
-        }
+    let first = match start {
+        TailFrom::New => info.state.last_sequence + 1,
         TailFrom::All => 1,
-        TailFrom::StreamSeq(n) => n.max(1),
+        TailFrom::StreamSeq(n) => n,
     };
+    let (first, recreated) = at.connect(info.created.to_string(), first);
+    if recreated {
+        on_resume(
+            &NatsError::Stream(
+                "deleted and created again since the last message; events that were only in \
+                 the old stream are in the log (--source log)"
+                    .into(),
+            ),
+            first,
+        );
+    }
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: filter.to_owned(),
@@ -461,11 +525,18 @@ async fn tail_session(
         .await
         .map_err(err(NatsError::Stream))?;
     let mut messages = consumer.messages().await.map_err(err(NatsError::Stream))?;
-    *start = TailFrom::StreamSeq(first);
     *consuming = true;
     while let Some(msg) = messages.next().await {
         let msg = msg.map_err(err(NatsError::Stream))?;
         let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let event_seq = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER_SEQ))
+            .and_then(|v| v.as_str().parse().ok());
+        if !at.admit(stream_seq, event_seq) {
+            continue;
+        }
         let headers = msg
             .headers
             .iter()
@@ -481,9 +552,7 @@ async fn tail_session(
             headers,
             payload: msg.payload.to_vec(),
         };
-        if stream_seq > 0 {
-            *start = TailFrom::StreamSeq(stream_seq + 1);
-        }
+        *delivered = true;
         if !on_message(m) {
             return Ok(());
         }
@@ -495,7 +564,31 @@ async fn tail_session(
 
 #[cfg(test)]
 mod tests {
-    use super::redacted_url;
+    use super::{Position, redacted_url};
+
+    #[test]
+    fn a_tail_skips_repeats_and_starts_a_recreated_stream_from_its_first_message() {
+        let mut at = Position::default();
+        assert_eq!(at.connect("t0".into(), 5), (5, false));
+        assert!(at.admit(5, Some(5)));
+        assert!(at.admit(6, Some(6)));
+        assert_eq!(at.next, 7);
+        // A consumer that re-creates itself from the start repeats 1..=6: none is delivered,
+        // and the resume point stays after the last one seen.
+        for seq in 1..=6 {
+            assert!(!at.admit(seq, Some(seq)), "{seq}");
+        }
+        assert_eq!(at.next, 7);
+        // The same stream after a restart: go on where it stood.
+        assert_eq!(at.connect("t0".into(), at.next), (7, false));
+        // Deleted and made again: it numbers from 1, its events go on after 6.
+        assert_eq!(at.connect("t1".into(), at.next), (1, true));
+        assert!(at.admit(1, Some(7)));
+        assert_eq!(at.next, 2);
+        // With a subject filter, events are sparse: only order matters.
+        assert!(at.admit(5, Some(12)));
+        assert!(!at.admit(6, Some(12)));
+    }
 
     #[test]
     fn logged_urls_carry_no_credentials() {

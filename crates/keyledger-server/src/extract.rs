@@ -267,7 +267,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
             .map(QueryParams)
             .map_err(|e| {
                 let path = e.path().to_string();
-                ApiError::validation(field_message(&path, &e.into_inner().to_string()))
+                let message = field_message(&path, &e.into_inner().to_string());
+                // serde's word is for a body's fields; here the caller sent a query parameter.
+                ApiError::validation(message.replacen(
+                    "unknown field",
+                    "unknown query parameter",
+                    1,
+                ))
             })
     }
 }

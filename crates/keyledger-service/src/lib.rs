@@ -91,12 +91,12 @@ pub enum OpenError {
     #[error("data dir {path}: {message}")]
     DataDir { path: String, message: String },
     #[error(
-        "the log holds {events} events, but there is no signing key file at {path}: pass \
+        "no signing key file at {path}, and the log already has events: pass \
          --signing-key-file (KEYLEDGER_SIGNING_KEY_FILE) if the keys live elsewhere; if they \
-         are lost, `keyledger signing-key rotate --create` starts a new file (earlier events \
-         then verify only against the published public keys)"
+         are lost, `keyledger signing-key rotate --create` starts a new file, and `keyledger \
+         audit verify --public-keys` checks the earlier events against their saved public keys"
     )]
-    NoSigningKeys { path: String, events: u64 },
+    NoSigningKeys { path: String },
     #[error(transparent)]
     Signing(#[from] keyledger_store::SigningError),
     #[error(transparent)]
@@ -114,9 +114,21 @@ pub fn open_log(config: &Config) -> Result<Log, OpenError> {
 }
 
 /// Opens the existing log of a data dir without writing to it (see [`Log::open_read_only`]):
-/// for audits and exports, which must leave the file as it was.
-pub fn open_log_read_only(config: &Config) -> Result<Log, OpenError> {
-    let keys = signing_keys(config, false)?;
+/// for audits and exports, which must leave the file as it was. Without `need_keys`, a
+/// missing key file is no error (the log then holds a throwaway key that can never sign, as
+/// the log is read-only).
+pub fn open_log_read_only(config: &Config, need_keys: bool) -> Result<Log, OpenError> {
+    let keys = match signing_keys(config, false) {
+        Err(OpenError::NoSigningKeys { .. }) if !need_keys => {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| OpenError::DataDir {
+                path: config.data_dir.display().to_string(),
+                message: format!("the OS random source failed: {e}"),
+            })?;
+            SigningKeys::ephemeral(seed, now())
+        }
+        keys => keys?,
+    };
     Ok(Log::open_read_only(&config.log_path(), keys)?)
 }
 
@@ -134,18 +146,17 @@ fn create_data_dir(dir: &std::path::Path) -> Result<(), OpenError> {
 }
 
 /// The log's signing keys. A missing key file is created only for a log without events (and
-/// only when `may_create`): for any other log it means the keys are elsewhere, and a new key
-/// would sign events that no published key verifies.
+/// only when `may_create`; a read-only caller must not even repair the file to find out): for
+/// any other log it means the keys are elsewhere, and a new key would sign events that no
+/// published key verifies.
 fn signing_keys(config: &Config, may_create: bool) -> Result<SigningKeys, OpenError> {
     let path = config.signing_key_path();
     if path.exists() {
         return Ok(SigningKeys::load(&path)?);
     }
-    let events = Log::stored_head(&config.log_path())?;
-    if events > 0 || !may_create {
+    if !may_create || Log::stored_head(&config.log_path())? > 0 {
         return Err(OpenError::NoSigningKeys {
             path: path.display().to_string(),
-            events,
         });
     }
     Ok(SigningKeys::create(&path, now())?)

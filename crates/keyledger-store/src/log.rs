@@ -394,7 +394,8 @@ impl Log {
     /// The last seq of the log file at `path` (0 if there is none), without a signing key: to
     /// decide whether a missing key file may be created. Repairs the file only if it needs it.
     pub fn stored_head(path: &Path) -> Result<u64, StoreError> {
-        if !path.exists() {
+        // A file that is not there or empty (created but never written) holds no events.
+        if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
             return Ok(0);
         }
         let db = match Database::builder().open_read_only(path) {

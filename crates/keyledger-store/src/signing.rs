@@ -289,6 +289,11 @@ impl SignatureVerifier {
         Ok(Self::new(out))
     }
 
+    /// Adds `other`'s keys.
+    pub fn extend(&mut self, other: SignatureVerifier) {
+        self.keys.extend(other.keys);
+    }
+
     /// Whether `signer` is one of these keys.
     pub fn knows(&self, signer: &str) -> bool {
         self.keys.iter().any(|(id, _)| id == signer)

@@ -1,13 +1,13 @@
 //! The `keyledger` command line: parses arguments, then calls into the library crates.
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keyledger::{ServeOptions, start};
 use keyledger_service::{
     Actor, Config, CreateKey, ListQuery, Service, open_log, open_log_read_only,
 };
-use keyledger_store::SigningKeys;
+use keyledger_store::{SignatureVerifier, SigningKeys};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -155,6 +155,11 @@ enum AuditCommand {
     Verify {
         #[command(flatten)]
         data: DataArgs,
+        /// Also trust these public keys (a saved `GET /v1/signing-key` or `signing-key list`;
+        /// repeatable): for events signed by keys no longer in the key file. With it, the key
+        /// file is not needed at all.
+        #[arg(long, value_name = "FILE")]
+        public_keys: Vec<PathBuf>,
     },
 }
 
@@ -262,8 +267,8 @@ fn run() -> anyhow::Result<()> {
         })),
         Command::Replay { data } => replay(&data),
         Command::Audit {
-            command: AuditCommand::Verify { data },
-        } => audit_verify(&data),
+            command: AuditCommand::Verify { data, public_keys },
+        } => audit_verify(&data, &public_keys),
         Command::Keys { command } => rt.block_on(keys(command)),
         Command::SigningKey {
             command: SigningKeyCommand::Rotate { data, create },
@@ -375,7 +380,8 @@ fn replay(data: &DataArgs) -> anyhow::Result<()> {
 }
 
 fn export(data: &DataArgs, after: u64) -> anyhow::Result<()> {
-    let log = open_log_read_only(&data.existing()?)?;
+    // Exports neither sign nor verify: no key file needed.
+    let log = open_log_read_only(&data.existing()?, false)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut failed = None;
     log.scan_raw(after, |_, bytes| {
@@ -393,11 +399,19 @@ fn export(data: &DataArgs, after: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn audit_verify(data: &DataArgs) -> anyhow::Result<()> {
-    let log = open_log_read_only(&data.existing()?)?;
+fn audit_verify(data: &DataArgs, public_keys: &[PathBuf]) -> anyhow::Result<()> {
+    let config = data.existing()?;
+    let log = open_log_read_only(&config, public_keys.is_empty())?;
     let (head, _) = log.head()?;
     let pb = bar(head, "verify");
-    let verifier = log.signing_keys().verifier();
+    let mut trusted = Vec::new();
+    for path in public_keys {
+        trusted.extend(keyledger::tail::read_public_keys(path)?);
+    }
+    let mut verifier = SignatureVerifier::from_public(&trusted).map_err(|e| anyhow!(e))?;
+    if config.signing_key_path().exists() {
+        verifier.extend(log.signing_keys().verifier());
+    }
     let result = keyledger_store::audit::verify_log(&log, &verifier, |seq| {
         if seq % 1024 == 0 {
             pb.set_position(seq);

@@ -183,23 +183,30 @@ struct Keys {
     keys: Vec<PublicKeyInfo>,
 }
 
+/// The public keys in `path`, a saved answer of `GET /v1/signing-key` (or of `keyledger
+/// signing-key list`).
+pub fn read_public_keys(path: &std::path::Path) -> anyhow::Result<Vec<PublicKeyInfo>> {
+    let body =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let keys: Keys = serde_json::from_str(&body)
+        .with_context(|| format!("parsing the signing keys in {}", path.display()))?;
+    Ok(keys.keys)
+}
+
 async fn verifier(opts: &Options, client: &reqwest::Client) -> anyhow::Result<SignatureVerifier> {
-    let body = match &opts.signing_keys {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-        }
-        None => {
-            let url = format!("{}/v1/signing-key", opts.url.trim_end_matches('/'));
-            client
-                .get(&url)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .with_context(|| format!("fetching {url}"))?
-                .text()
-                .await?
-        }
-    };
+    if let Some(path) = &opts.signing_keys {
+        return SignatureVerifier::from_public(&read_public_keys(path)?)
+            .map_err(|e| anyhow::anyhow!(e));
+    }
+    let url = format!("{}/v1/signing-key", opts.url.trim_end_matches('/'));
+    let body = client
+        .get(&url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("fetching {url}"))?
+        .text()
+        .await?;
     let keys: Keys = serde_json::from_str(&body).context("parsing the signing keys")?;
     SignatureVerifier::from_public(&keys.keys).map_err(|e| anyhow::anyhow!(e))
 }

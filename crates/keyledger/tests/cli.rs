@@ -194,7 +194,6 @@ fn no_command_creates_a_signing_key_for_a_log_with_events() {
     std::fs::rename(&default, &elsewhere).unwrap();
     for args in [
         &["audit", "verify"][..],
-        &["events", "export"],
         &["replay"],
         &["keys", "list"],
         &["keys", "create", "--name", "four"],
@@ -209,6 +208,10 @@ fn no_command_creates_a_signing_key_for_a_log_with_events() {
         assert!(stderr.contains("--signing-key-file"), "{args:?}: {stderr}");
         assert!(!default.exists(), "{args:?} created a signing key");
     }
+    // An export neither signs nor verifies.
+    let exported = ok(keyledger(&["events", "export"], dir.path()));
+    assert_eq!(exported.lines().count(), 4);
+    assert!(!default.exists());
     let given = ["--signing-key-file", elsewhere.to_str().unwrap()];
     let audit = ok(keyledger(
         &[&["audit", "verify"][..], &given].concat(),
@@ -232,6 +235,64 @@ fn no_command_creates_a_signing_key_for_a_log_with_events() {
     let listed: Value =
         serde_json::from_str(&ok(keyledger(&["signing-key", "list"], dir.path()))).unwrap();
     assert_eq!(listed["keys"], serde_json::json!([created]));
+}
+
+/// Lost signing keys: a new key file signs what comes next, and the earlier events still
+/// verify against their public keys, saved before (an auditor needs no secret key at all).
+#[test]
+fn after_the_signing_keys_are_lost_the_audit_checks_old_events_against_saved_public_keys() {
+    let dir = populated();
+    let saved = dir.path().join("public.json");
+    std::fs::write(&saved, ok(keyledger(&["signing-key", "list"], dir.path()))).unwrap();
+    std::fs::remove_file(dir.path().join("signing-keys.json")).unwrap();
+    let public = ["--public-keys", saved.to_str().unwrap()];
+    let audit = ok(keyledger(
+        &[&["audit", "verify"][..], &public].concat(),
+        dir.path(),
+    ));
+    assert!(audit.contains("4 events"), "{audit}");
+
+    ok(keyledger(
+        &["signing-key", "rotate", "--create"],
+        dir.path(),
+    ));
+    ok(keyledger(&["keys", "create", "--name", "five"], dir.path()));
+    let err = audit_failure(dir.path());
+    assert!(err.contains("seq 1: unknown signer"), "{err}");
+    let audit = ok(keyledger(
+        &[&["audit", "verify"][..], &public].concat(),
+        dir.path(),
+    ));
+    assert!(audit.contains("5 events"), "{audit}");
+}
+
+/// A log that was not closed cleanly needs a repair, which writes: an audit refuses it (with
+/// or without the key file) and leaves the file as it was.
+#[test]
+fn an_audit_of_a_log_that_needs_a_repair_refuses_it_and_changes_nothing() {
+    let dir = populated();
+    let dirty = tempfile::tempdir().unwrap();
+    {
+        // A copy taken while the log is open is what a crash leaves behind.
+        let _open = Database::create(log_path(dir.path())).unwrap();
+        std::fs::copy(log_path(dir.path()), log_path(dirty.path())).unwrap();
+    }
+    let before = std::fs::read(log_path(dirty.path())).unwrap();
+    let err = audit_failure(dirty.path());
+    assert!(err.contains("no signing key file at"), "{err}");
+    std::fs::copy(
+        dir.path().join("signing-keys.json"),
+        dirty.path().join("signing-keys.json"),
+    )
+    .unwrap();
+    let out = keyledger(&["audit", "verify"], dirty.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("not closed cleanly"), "{stderr}");
+    assert!(std::fs::read(log_path(dirty.path())).unwrap() == before);
+    // One start of a writing command repairs it; the audit then passes.
+    ok(keyledger(&["replay"], dirty.path()));
+    ok(keyledger(&["audit", "verify"], dirty.path()));
 }
 
 #[test]

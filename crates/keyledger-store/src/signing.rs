@@ -38,9 +38,19 @@ struct Entry {
     created_at: Timestamp,
 }
 
+/// A key kept only to verify the events it signed: its secret is gone (lost, or never here).
+struct Retired {
+    id: String,
+    public: VerifyingKey,
+    created_at: Timestamp,
+}
+
 /// The log's signing keys. `Debug` shows ids only.
 pub struct SigningKeys {
+    /// Never empty; the last one signs.
     entries: Vec<Entry>,
+    /// Public keys only, from `import_public`.
+    retired: Vec<Retired>,
 }
 
 impl std::fmt::Debug for SigningKeys {
@@ -50,11 +60,17 @@ impl std::fmt::Debug for SigningKeys {
     }
 }
 
+/// One key of the file: a signing key (`secret_key`), or a retired one kept to verify old
+/// events (`public_key` only).
 #[derive(Serialize, Deserialize)]
 struct FileEntry {
     id: String,
     /// Standard base64 of the 32-byte ed25519 seed.
-    secret_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_key: Option<String>,
+    /// Standard base64 of the 32-byte public key, for a key without its secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
     created_at: Timestamp,
 }
 
@@ -66,6 +82,29 @@ struct KeyFile {
 /// The key id: the first 16 hex digits of SHA-256 of the public key.
 pub fn key_id(public: &VerifyingKey) -> String {
     hex::encode(&Sha256::digest(public.as_bytes())[..8])
+}
+
+/// The signing key of the file entry `id`, from its base64 `secret` (wiped as it goes).
+fn seed(path: &Path, mut secret: String, id: &str) -> Result<SigningKey, SigningError> {
+    let bytes = B64.decode(secret.as_bytes());
+    secret.zeroize();
+    let mut bytes = bytes.map_err(|e| file_err(path, e))?;
+    let seed: Result<[u8; 32], _> = bytes.as_slice().try_into();
+    bytes.zeroize();
+    let mut seed = seed.map_err(|_| file_err(path, "secret_key must be 32 bytes"))?;
+    let key = SigningKey::from_bytes(&seed);
+    seed.zeroize();
+    if key_id(&key.verifying_key()) != id {
+        return Err(file_err(path, format!("key {id} does not match its id")));
+    }
+    Ok(key)
+}
+
+/// An ed25519 public key from standard base64.
+fn public_key(b64: &str) -> Result<VerifyingKey, String> {
+    let bytes = B64.decode(b64).map_err(|e| e.to_string())?;
+    let arr: [u8; 32] = bytes.try_into().map_err(|_| "public key is not 32 bytes")?;
+    VerifyingKey::from_bytes(&arr).map_err(|e| e.to_string())
 }
 
 fn file_err(path: &Path, message: impl ToString) -> SigningError {
@@ -96,6 +135,7 @@ impl SigningKeys {
     pub fn create(path: &Path, now: Timestamp) -> Result<Self, SigningError> {
         let keys = Self {
             entries: vec![Self::entry(random_key(path)?, now)],
+            retired: Vec::new(),
         };
         keys.save(path)?;
         Ok(keys)
@@ -105,38 +145,74 @@ impl SigningKeys {
         let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
         let file: KeyFile = serde_json::from_str(&text).map_err(|e| file_err(path, e))?;
         let mut entries = Vec::with_capacity(file.keys.len());
+        let mut retired = Vec::new();
         for fe in file.keys {
-            let mut fe = fe;
-            let mut bytes = B64
-                .decode(fe.secret_key.as_bytes())
-                .map_err(|e| file_err(path, e))?;
-            fe.secret_key.zeroize();
-            let seed: Result<[u8; 32], _> = bytes.as_slice().try_into();
-            bytes.zeroize();
-            let mut seed = seed.map_err(|_| file_err(path, "secret_key must be 32 bytes"))?;
-            let key = SigningKey::from_bytes(&seed);
-            seed.zeroize();
-            if key_id(&key.verifying_key()) != fe.id {
-                return Err(file_err(
-                    path,
-                    format!("key {} does not match its id", fe.id),
-                ));
+            match (fe.secret_key, fe.public_key) {
+                (Some(secret), None) => {
+                    entries.push(Self::entry(seed(path, secret, &fe.id)?, fe.created_at));
+                }
+                (None, Some(public)) => {
+                    let public = public_key(&public)
+                        .and_then(|k| {
+                            (key_id(&k) == fe.id)
+                                .then_some(k)
+                                .ok_or_else(|| format!("key {} does not match its id", fe.id))
+                        })
+                        .map_err(|e| file_err(path, e))?;
+                    retired.push(Retired {
+                        id: fe.id,
+                        public,
+                        created_at: fe.created_at,
+                    });
+                }
+                _ => {
+                    return Err(file_err(
+                        path,
+                        format!("key {} needs either secret_key or public_key", fe.id),
+                    ));
+                }
             }
-            entries.push(Self::entry(key, fe.created_at));
         }
         if entries.is_empty() {
             return Err(SigningError::Empty {
                 path: path.display().to_string(),
             });
         }
-        Ok(Self { entries })
+        Ok(Self { entries, retired })
     }
 
     /// A throwaway key for tests and tools that never persist it.
     pub fn ephemeral(seed: [u8; 32], now: Timestamp) -> Self {
         Self {
             entries: vec![Self::entry(SigningKey::from_bytes(&seed), now)],
+            retired: Vec::new(),
         }
+    }
+
+    /// Adds to the file, as retired keys that verify but never sign, those of `keys` (a saved
+    /// `GET /v1/signing-key`) that it does not hold: after the secret keys were lost, the
+    /// service then still publishes, and audits still accept, the keys of earlier events.
+    /// Returns the ids added.
+    pub fn import_public(path: &Path, keys: &[PublicKeyInfo]) -> Result<Vec<String>, String> {
+        let mut file = Self::load(path).map_err(|e| e.to_string())?;
+        let checked = SignatureVerifier::from_public(keys)?;
+        let mut added = Vec::new();
+        for ((id, public), k) in checked.keys.into_iter().zip(keys) {
+            if !file.knows(&id) {
+                added.push(id.clone());
+                file.retired.push(Retired {
+                    id,
+                    public,
+                    created_at: k.created_at,
+                });
+            }
+        }
+        file.save(path).map_err(|e| e.to_string())?;
+        Ok(added)
+    }
+
+    fn knows(&self, id: &str) -> bool {
+        self.entries.iter().any(|e| e.id == id) || self.retired.iter().any(|r| r.id == id)
     }
 
     /// Adds a new active key to the file; earlier keys stay for verification.
@@ -158,19 +234,26 @@ impl SigningKeys {
 
     /// Writes the file atomically (temp file + rename), mode 0600.
     fn save(&self, path: &Path) -> Result<(), SigningError> {
+        let retired = self.retired.iter().map(|r| FileEntry {
+            id: r.id.clone(),
+            secret_key: None,
+            public_key: Some(B64.encode(r.public.as_bytes())),
+            created_at: r.created_at,
+        });
+        let signing = self.entries.iter().map(|e| FileEntry {
+            id: e.id.clone(),
+            secret_key: Some(B64.encode(e.key.to_bytes())),
+            public_key: None,
+            created_at: e.created_at,
+        });
         let mut file = KeyFile {
-            keys: self
-                .entries
-                .iter()
-                .map(|e| FileEntry {
-                    id: e.id.clone(),
-                    secret_key: B64.encode(e.key.to_bytes()),
-                    created_at: e.created_at,
-                })
-                .collect(),
+            keys: retired.chain(signing).collect(),
         };
         let text = serde_json::to_vec_pretty(&file);
-        file.keys.iter_mut().for_each(|k| k.secret_key.zeroize());
+        file.keys
+            .iter_mut()
+            .filter_map(|k| k.secret_key.as_mut())
+            .for_each(|k| k.zeroize());
         let mut text = text.map_err(|e| file_err(path, e))?;
         let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
@@ -235,23 +318,34 @@ impl SigningKeys {
         signatures
     }
 
-    pub fn public_keys(&self) -> Vec<PublicKeyInfo> {
-        self.entries
+    /// Every key, retired ones first; the last one signs.
+    fn all_public(&self) -> impl Iterator<Item = (&str, VerifyingKey, Timestamp)> {
+        let retired = self
+            .retired
             .iter()
-            .map(|e| PublicKeyInfo {
-                id: e.id.clone(),
+            .map(|r| (r.id.as_str(), r.public, r.created_at));
+        let signing = self
+            .entries
+            .iter()
+            .map(|e| (e.id.as_str(), e.key.verifying_key(), e.created_at));
+        retired.chain(signing)
+    }
+
+    pub fn public_keys(&self) -> Vec<PublicKeyInfo> {
+        self.all_public()
+            .map(|(id, public, created_at)| PublicKeyInfo {
+                id: id.to_owned(),
                 algorithm: "ed25519".into(),
-                public_key: B64.encode(e.key.verifying_key().as_bytes()),
-                created_at: e.created_at,
+                public_key: B64.encode(public.as_bytes()),
+                created_at,
             })
             .collect()
     }
 
     pub fn verifier(&self) -> SignatureVerifier {
         SignatureVerifier::new(
-            self.entries
-                .iter()
-                .map(|e| (e.id.clone(), e.key.verifying_key())),
+            self.all_public()
+                .map(|(id, public, _)| (id.to_owned(), public)),
         )
     }
 }
@@ -274,9 +368,7 @@ impl SignatureVerifier {
     pub fn from_public(keys: &[PublicKeyInfo]) -> Result<Self, String> {
         let mut out = Vec::new();
         for k in keys {
-            let bytes = B64.decode(&k.public_key).map_err(|e| e.to_string())?;
-            let arr: [u8; 32] = bytes.try_into().map_err(|_| "public key is not 32 bytes")?;
-            let vk = VerifyingKey::from_bytes(&arr).map_err(|e| e.to_string())?;
+            let vk = public_key(&k.public_key)?;
             let id = key_id(&vk);
             if id != k.id {
                 return Err(format!(
@@ -392,6 +484,59 @@ mod tests {
         let v = b.verifier();
         assert!(v.verify(&old_id, &[1; 32], &old_sig).is_ok());
         assert!(v.verify(&old_id, &[2; 32], &old_sig).is_err());
+    }
+
+    #[test]
+    fn retired_keys_verify_reload_and_never_sign() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.json");
+        let lost = SigningKeys::ephemeral([7; 32], Timestamp(1));
+        let (lost_id, lost_sig) = lost.sign(&[1; 32]);
+        let current = SigningKeys::create(&path, Timestamp(2)).unwrap();
+        let added = SigningKeys::import_public(&path, &lost.public_keys()).unwrap();
+        assert_eq!(added, std::slice::from_ref(&lost_id));
+        let again = SigningKeys::import_public(&path, &lost.public_keys()).unwrap();
+        assert!(again.is_empty(), "a key the file holds is not added twice");
+        let keys = SigningKeys::load(&path).unwrap();
+        assert_eq!(keys.active_id(), current.active_id());
+        let ids: Vec<_> = keys.public_keys().into_iter().map(|k| k.id).collect();
+        assert_eq!(ids, [lost_id.clone(), current.active_id().to_owned()]);
+        assert!(
+            keys.verifier()
+                .verify(&lost_id, &[1; 32], &lost_sig)
+                .is_ok()
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&B64.encode([7u8; 32])), "{text}");
+        // A forged id is refused, as in `from_public`.
+        let mut forged = SigningKeys::ephemeral([8; 32], Timestamp(3)).public_keys();
+        forged[0].id = lost_id;
+        assert!(SigningKeys::import_public(&path, &forged).is_err());
+    }
+
+    #[test]
+    fn a_key_file_entry_needs_exactly_one_of_secret_and_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.json");
+        let k = SigningKeys::ephemeral([9; 32], Timestamp(0));
+        let info = &k.public_keys()[0];
+        let secret = B64.encode([9u8; 32]);
+        for entry in [
+            serde_json::json!({"id": info.id, "created_at": info.created_at}),
+            serde_json::json!({"id": info.id, "secret_key": secret, "public_key": info.public_key, "created_at": info.created_at}),
+        ] {
+            std::fs::write(&path, serde_json::json!({"keys": [entry]}).to_string()).unwrap();
+            let err = SigningKeys::load(&path).unwrap_err().to_string();
+            assert!(err.contains("either secret_key or public_key"), "{err}");
+        }
+        // Only retired keys: nothing to sign with.
+        let retired =
+            serde_json::json!({"id": info.id, "public_key": info.public_key, "created_at": info.created_at});
+        std::fs::write(&path, serde_json::json!({"keys": [retired]}).to_string()).unwrap();
+        assert!(matches!(
+            SigningKeys::load(&path),
+            Err(SigningError::Empty { .. })
+        ));
     }
 
     #[test]

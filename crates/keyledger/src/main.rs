@@ -209,6 +209,16 @@ enum SigningKeyCommand {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Add public keys (a saved `GET /v1/signing-key` or `signing-key list`) that the file
+    /// lacks, as retired keys that verify but never sign: after the secret keys were lost, the
+    /// service then still publishes the keys of earlier events and audits accept them.
+    /// Restart the service to publish them.
+    ImportPublic {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The saved public keys.
+        file: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -297,6 +307,21 @@ fn run() -> anyhow::Result<()> {
         } => {
             let keys = SigningKeys::load(&data.config().signing_key_path())?;
             println!("{}", serde_json::json!({ "keys": keys.public_keys() }));
+            Ok(())
+        }
+        Command::SigningKey {
+            command: SigningKeyCommand::ImportPublic { data, file },
+        } => {
+            let keys = keyledger::tail::read_public_keys(&file)?;
+            let path = data.config().signing_key_path();
+            let added = SigningKeys::import_public(&path, &keys)
+                .map_err(|e| anyhow!("importing {}: {e}", file.display()))?;
+            eprintln!(
+                "added {} retired public key(s) to {}: {}",
+                added.len(),
+                path.display(),
+                added.join(", ")
+            );
             Ok(())
         }
         Command::Events {

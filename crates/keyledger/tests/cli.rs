@@ -264,6 +264,28 @@ fn after_the_signing_keys_are_lost_the_audit_checks_old_events_against_saved_pub
         dir.path(),
     ));
     assert!(audit.contains("5 events"), "{audit}");
+
+    // Imported as retired keys, the old public keys are listed (and served) with the new one,
+    // verify the whole log, and never sign: the next event is the new key's.
+    let saved_keys: Value =
+        serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    let import = ["signing-key", "import-public", saved.to_str().unwrap()];
+    ok(keyledger(&import, dir.path()));
+    ok(keyledger(&import, dir.path()));
+    let listed: Value =
+        serde_json::from_str(&ok(keyledger(&["signing-key", "list"], dir.path()))).unwrap();
+    let listed = listed["keys"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "imported once: {listed:?}");
+    assert_eq!(listed[0], saved_keys["keys"][0]);
+    let file = std::fs::read_to_string(dir.path().join("signing-keys.json")).unwrap();
+    let file: Value = serde_json::from_str(&file).unwrap();
+    assert!(file["keys"][0].get("secret_key").is_none(), "{file}");
+    ok(keyledger(&["keys", "create", "--name", "six"], dir.path()));
+    let audit = ok(keyledger(&["audit", "verify"], dir.path()));
+    assert!(audit.contains("6 events"), "{audit}");
+    let events = ok(keyledger(&["events", "export"], dir.path()));
+    let last: Value = serde_json::from_str(events.lines().last().unwrap()).unwrap();
+    assert_eq!(last["signer"], listed[1]["id"]);
 }
 
 /// A log that was not closed cleanly needs a repair, which writes: an audit refuses it (with

@@ -530,8 +530,7 @@ mod tests {
             assert!(err.contains("either secret_key or public_key"), "{err}");
         }
         // Only retired keys: nothing to sign with.
-        let retired =
-            serde_json::json!({"id": info.id, "public_key": info.public_key, "created_at": info.created_at});
+        let retired = serde_json::json!({"id": info.id, "public_key": info.public_key, "created_at": info.created_at});
         std::fs::write(&path, serde_json::json!({"keys": [retired]}).to_string()).unwrap();
         assert!(matches!(
             SigningKeys::load(&path),

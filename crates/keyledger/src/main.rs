@@ -498,14 +498,10 @@ async fn run_keys(service: &Service, cmd: KeysCommand) -> anyhow::Result<()> {
                 },
             )?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            // Each line as `GET /v1/keys/{id}` answers it.
             for e in page.items {
-                let s = &e.state;
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::json!({"id": s.id, "name": s.name, "account": s.account,
-                        "scopes": s.scopes, "enabled": s.enabled, "hint": s.hint, "version": s.version})
-                )?;
+                let key = keyledger_server::dto::KeyResource::from(&*e);
+                writeln!(out, "{}", serde_json::to_string(&key)?)?;
             }
             out.flush()?;
         }

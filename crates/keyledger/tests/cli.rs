@@ -110,6 +110,36 @@ fn serve_refuses_zero_for_its_counts() {
 }
 
 #[test]
+fn keys_list_prints_each_key_as_the_api_shows_it() {
+    let dir = populated();
+    let list = ok(keyledger(&["keys", "list"], dir.path()));
+    let key: Value = serde_json::from_str(list.lines().next().unwrap()).unwrap();
+    let mut fields: Vec<_> = key.as_object().unwrap().keys().cloned().collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "account",
+            "allowed_ips",
+            "created_at",
+            "enabled",
+            "expires_at",
+            "hint",
+            "id",
+            "last_used_at",
+            "metadata",
+            "name",
+            "owner",
+            "role",
+            "rotated_at",
+            "scopes",
+            "updated_at",
+            "version"
+        ]
+    );
+}
+
+#[test]
 fn keys_list_into_a_closed_pipe_exits_cleanly() {
     let dir = populated();
     let mut child = Command::new(env!("CARGO_BIN_EXE_keyledger"))

@@ -113,12 +113,25 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     config.signing_key_file = opts.signing_key_file.clone();
     let observer = metrics.clone();
     config.on_batch = Some(Arc::new(move |s| observer.batch(s)));
+    // A new data dir's bootstrap key is checked before anything is created, so that a typo
+    // leaves no empty log and signing key behind (`start_with` checks it again on any log).
+    if let Some(k) = &opts.bootstrap_key
+        && !config.log_path().exists()
+    {
+        bootstrap_preset(k)?;
+    }
     let data_dir = opts.data_dir.clone();
     let service = tokio::task::spawn_blocking(move || Service::open(config))
         .await
         .context("opening the data dir")?
         .with_context(|| format!("opening data dir {}", data_dir.display()))?;
     start_with(service, metrics, opts).await
+}
+
+fn bootstrap_preset(key: &str) -> anyhow::Result<Secret> {
+    Secret::parse(key.trim()).map_err(|e| {
+        anyhow::anyhow!("KEYLEDGER_BOOTSTRAP_KEY is not a well-formed keyledger key: {e}")
+    })
 }
 
 /// Serves an already opened service (e.g. one on a fault-injecting storage backend in tests).
@@ -135,11 +148,8 @@ pub async fn start_with(
             .bootstrap_key
             .as_deref()
             .filter(|_| service.head() == 0)
-            .map(|k| Secret::parse(k.trim()))
-            .transpose()
-            .map_err(|e| {
-                anyhow::anyhow!("KEYLEDGER_BOOTSTRAP_KEY is not a well-formed keyledger key: {e}")
-            })?;
+            .map(bootstrap_preset)
+            .transpose()?;
         // Everything that can still fail comes before the bootstrap key: a start that failed
         // after creating it would leave a log whose only admin key was never shown.
         let tls = opts

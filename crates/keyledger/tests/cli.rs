@@ -139,6 +139,24 @@ fn keys_list_prints_each_key_as_the_api_shows_it() {
     );
 }
 
+/// A mistyped bootstrap key on a first start leaves nothing behind to trip over later.
+#[test]
+fn a_malformed_bootstrap_key_on_a_new_data_dir_creates_nothing() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("new");
+    let out = Command::new(env!("CARGO_BIN_EXE_keyledger"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env("KEYLEDGER_BOOTSTRAP_KEY", "kl_notvalid")
+        .env("KEYLEDGER_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("KEYLEDGER_BOOTSTRAP_KEY"), "{stderr}");
+    assert!(!dir.exists(), "created {}", dir.display());
+}
+
 #[test]
 fn keys_list_into_a_closed_pipe_exits_cleanly() {
     let dir = populated();

@@ -105,6 +105,23 @@ async fn behind_a_trusted_proxy_limits_and_allowed_ips_apply_to_the_forwarded_cl
         401,
         "the proxy itself is not allowed"
     );
+    // A byte outside ASCII in the client's own part of the line, to which the proxy appended
+    // the address it saw, must not make the server take the client for the proxy.
+    let (_, internal) = h
+        .create_key(
+            serde_json::json!({"name": "proxy's network only", "allowed_ips": ["127.0.0.0/8"]}),
+        )
+        .await;
+    let forged = reqwest::header::HeaderValue::from_bytes(b"\xff, 192.0.2.20").unwrap();
+    let status = h
+        .request(reqwest::Method::GET, "/v1/me")
+        .bearer_auth(&internal)
+        .header("X-Forwarded-For", forged)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -364,7 +364,9 @@ fn header_text(v: &HeaderValue) -> &str {
 /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the right-most
 /// address of `X-Forwarded-For` that is not itself a trusted proxy. Proxies append the address
 /// they received from, so entries left of the first untrusted one may be forged and are never
-/// read; an unreadable entry ends the walk at the last address that could be trusted.
+/// read; an unreadable entry ends the walk at the last address that could be trusted. Entries
+/// are split from the raw bytes: a line is not dropped whole for bytes that are not ASCII,
+/// since a proxy may append the client's address to the line the client sent.
 /// IPv4-mapped addresses (a dual-stack listener's IPv4 peers) are compared and returned as IPv4.
 pub fn client_ip(parts: &Parts, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
     let peer = parts
@@ -380,13 +382,16 @@ pub fn client_ip(parts: &Parts, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
         .headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','));
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','));
     for hop in hops.rev() {
-        match hop.trim().parse::<IpAddr>().map(canonical_ip) {
-            Ok(ip) if is_trusted(&ip) => client = ip,
-            Ok(ip) => return Some(ip),
-            Err(_) => break,
+        let ip = std::str::from_utf8(hop)
+            .ok()
+            .and_then(|h| h.trim().parse::<IpAddr>().ok())
+            .map(canonical_ip);
+        match ip {
+            Some(ip) if is_trusted(&ip) => client = ip,
+            Some(ip) => return Some(ip),
+            None => break,
         }
     }
     Some(client)
@@ -611,6 +616,26 @@ mod tests {
                 got,
                 Some(expected.parse().unwrap()),
                 "peer {peer}, X-Forwarded-For {forwarded:?}"
+            );
+        }
+    }
+
+    /// A client that puts a byte outside ASCII in its own `X-Forwarded-For` must not make the
+    /// line its proxy appended to unreadable, and so pass for the proxy.
+    #[test]
+    fn bytes_that_are_not_ascii_in_a_forged_entry_do_not_hide_the_appended_client() {
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        for line in [
+            &b"\xff, 198.51.100.1"[..],
+            "1.2.3.4\u{e9}, 198.51.100.1".as_bytes(),
+        ] {
+            let mut p = parts("10.1.2.3", &[]);
+            let value = axum::http::HeaderValue::from_bytes(line).unwrap();
+            p.headers.append("x-forwarded-for", value);
+            assert_eq!(
+                client_ip(&p, &trusted),
+                Some("198.51.100.1".parse().unwrap()),
+                "{line:?}"
             );
         }
     }

@@ -71,8 +71,11 @@ async fn unknown_or_malformed_key_is_401_without_echoing_it() {
 async fn an_empty_or_unreadable_key_header_is_refused_not_skipped() {
     let h = Harness::start().await;
     let unreadable = |v: &[u8]| reqwest::header::HeaderValue::from_bytes(v).unwrap();
-    let cases: [(&str, reqwest::header::HeaderValue, u16); 6] = [
+    let tabbed = format!("Bearer\t{}", well_formed_key(97));
+    let cases: [(&str, reqwest::header::HeaderValue, u16); 7] = [
         ("authorization", "Bearer".parse().unwrap(), 401),
+        // A tab after the scheme is still Bearer (a lenient proxy would read it so).
+        ("authorization", tabbed.parse().unwrap(), 401),
         ("authorization", "Bearer   ".parse().unwrap(), 401),
         ("authorization", unreadable(b"Bearer kl_\xe9"), 401),
         ("x-api-key", "".parse().unwrap(), 401),

@@ -339,7 +339,10 @@ pub(crate) fn presented_key(parts: &Parts, allow_query: bool) -> Option<Cow<'_, 
     if let Some(v) = h.get(header::AUTHORIZATION) {
         // The scheme is read from the bytes: a Bearer token that is not ASCII is still one.
         let bytes = v.as_bytes().trim_ascii();
-        let scheme = bytes.split(|&b| b == b' ').next().unwrap_or_default();
+        let scheme = bytes
+            .split(|&b| b == b' ' || b == b'\t')
+            .next()
+            .unwrap_or_default();
         if scheme.eq_ignore_ascii_case(b"bearer") {
             let token = header_text(v).get(scheme.len()..).unwrap_or_default();
             return Some(Cow::Borrowed(token.trim()));

@@ -260,3 +260,90 @@ async fn non_admin_cannot_obtain_a_more_privileged_secret_by_reset() {
     r.expect_error(403, "forbidden");
     h.get("/v1/me", &h.admin).await.expect(200);
 }
+
+/// As with scopes, a non-admin key cannot lift the limits it has itself: a key that may be used
+/// only from some addresses, or only until some time, cannot widen them on itself or on other
+/// keys, nor create keys without them (SECURITY.md: a leaked key acts only "from addresses its
+/// `allowed_ips` admit, until it expires").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admin_cannot_set_wider_allowed_ips_or_a_later_expiry_than_its_own() {
+    let h = Harness::start().await;
+    let until = rfc3339_in(3600);
+    let (me, ops) = h
+        .create_key(json!({ "name": "limited ops", "account": "acme",
+                            "scopes": ["keys:read", "keys:write"],
+                            "allowed_ips": ["127.0.0.1"], "expires_at": until }))
+        .await;
+    let own = format!("/v1/keys/{}", id_of(&me));
+    for body in [
+        json!({ "allowed_ips": [] }),
+        json!({ "allowed_ips": ["127.0.0.0/8"] }),
+        json!({ "expires_at": null }),
+        json!({ "expires_at": rfc3339_in(7200) }),
+    ] {
+        let field = body.as_object().unwrap().keys().next().unwrap().clone();
+        let err = h
+            .patch(&own, &ops, &body)
+            .await
+            .expect_error(403, "forbidden");
+        assert!(
+            err["message"].as_str().unwrap().starts_with(&field),
+            "{err}"
+        );
+    }
+    for body in [
+        json!({ "name": "anywhere", "expires_at": rfc3339_in(60) }),
+        json!({ "name": "forever", "allowed_ips": ["127.0.0.1"] }),
+    ] {
+        h.post("/v1/keys", &ops, &body)
+            .await
+            .expect_error(403, "forbidden");
+    }
+    let k = h.get_key(&id_of(&me)).await;
+    assert_eq!(k["allowed_ips"], json!(["127.0.0.1/32"]));
+    assert_eq!(k["expires_at"], until.as_str());
+    // Within its own limits it may narrow and create.
+    h.patch(&own, &ops, &json!({ "expires_at": rfc3339_in(1800) }))
+        .await
+        .expect(200);
+    h.post(
+        "/v1/keys",
+        &ops,
+        &json!({ "name": "child", "allowed_ips": ["127.0.0.1"], "expires_at": rfc3339_in(60) }),
+    )
+    .await
+    .expect(201);
+}
+
+/// Who holds only a secret that was rotated away (leaked, say) must not lock out the holder of
+/// the new one: in its grace period the old secret still works, but cannot reset or revoke its
+/// own key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_its_grace_period_cannot_reset_or_revoke_its_own_key() {
+    let h = Harness::start().await;
+    let (key, old) = h
+        .create_key(json!({ "name": "ops", "scopes": ["keys:read", "keys:write"] }))
+        .await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+    let new = h
+        .post(
+            &format!("{path}/reset"),
+            &h.admin,
+            &json!({ "grace_seconds": 3600 }),
+        )
+        .await
+        .expect(200)
+        .json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.get("/v1/me", &old).await.expect(200);
+    h.post(&format!("{path}/reset"), &old, &json!({}))
+        .await
+        .expect_error(403, "forbidden");
+    h.delete(&path, &old).await.expect_error(403, "forbidden");
+    assert_eq!(h.verify_code(&new).await, "VALID");
+    h.post(&format!("{path}/reset"), &new, &json!({}))
+        .await
+        .expect(200);
+}

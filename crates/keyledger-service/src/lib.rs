@@ -418,6 +418,7 @@ impl Service {
             (None, None) => DEFAULT_ACCOUNT.to_owned(),
         };
         actor.may_grant(&input.scopes)?;
+        actor.may_restrict(Some(&input.allowed_ips), Some(input.expires_at))?;
         let secret = generate_secret(&input.prefix()?)?;
         let new = input.into_new_key(account, &secret);
         let committed = self
@@ -445,6 +446,7 @@ impl Service {
         if let Some(scopes) = &patch.scopes {
             actor.may_grant(scopes)?;
         }
+        actor.may_restrict(patch.allowed_ips.as_deref(), patch.expires_at)?;
         self.submit(actor, id, if_version, Action::Update(patch), idempotency)
             .await
     }
@@ -459,6 +461,7 @@ impl Service {
         idempotency: Option<Idempotency>,
     ) -> Result<(Committed, Option<Secret>), ServiceError> {
         actor.require(SCOPE_WRITE)?;
+        actor.may_replace(id)?;
         let prefix = self
             .visible(actor, id)
             .map(|e| e.state.prefix.clone())
@@ -483,6 +486,7 @@ impl Service {
         idempotency: Option<Idempotency>,
     ) -> Result<Committed, ServiceError> {
         actor.require(SCOPE_WRITE)?;
+        actor.may_replace(id)?;
         self.submit(actor, id, if_version, Action::Delete, idempotency)
             .await
     }
@@ -647,7 +651,11 @@ impl Service {
         let presented = presented.ok_or(AuthError::Missing)?;
         let v = self.verify(presented, &[], remote_ip, now());
         match (v.code, v.entry) {
-            (VerifyCode::Valid, Some(entry)) => Ok((Caller::from_state(&entry.state), entry)),
+            (VerifyCode::Valid, Some(entry)) => {
+                let mut caller = Caller::from_state(&entry.state);
+                caller.rotating = v.rotating;
+                Ok((caller, entry))
+            }
             (code, _) => Err(AuthError::Invalid(code)),
         }
     }

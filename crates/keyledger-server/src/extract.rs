@@ -409,7 +409,10 @@ impl FromRequestParts<AppState> for Auth {
         let now = std::time::Instant::now();
         // A client that keeps presenting bad keys is slowed down before any lookup.
         if let Some(ip) = ip
-            && let Some(wait) = state.limits.failed_auth.blocked(&ip, now)
+            && let Some(wait) = state
+                .limits
+                .failed_auth
+                .blocked(&crate::limit::client_block(ip), now)
         {
             return Err(ApiError::rate_limited(
                 "too many failed authentication attempts from this address",
@@ -420,7 +423,10 @@ impl FromRequestParts<AppState> for Auth {
             Ok(ok) => ok,
             Err(e) => {
                 if let (Some(ip), true) = (ip, key.is_some()) {
-                    let _ = state.limits.failed_auth.take(&ip, now);
+                    let _ = state
+                        .limits
+                        .failed_auth
+                        .take(&crate::limit::client_block(ip), now);
                 }
                 return Err(e.into());
             }

@@ -24,6 +24,21 @@ pub struct RateLimiter<K> {
 
 const MAX_TRACKED: usize = 100_000;
 
+/// The client block that per-address limits count against: an IPv4 address itself (also
+/// when IPv4-mapped, as a dual-stack listener sees it), an IPv6 address's /64. One IPv6 host
+/// commonly holds a whole /64, so counting single addresses would give it billions of fresh
+/// limits.
+pub fn client_block(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 impl<K: Eq + Hash + Clone> RateLimiter<K> {
     pub fn new(burst: u32, per_second: f64) -> Self {
         Self {
@@ -92,6 +107,17 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_ipv4_ones_alone() {
+        let block = |s: &str| client_block(s.parse().unwrap()).to_string();
+        assert_eq!(block("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::");
+        assert_eq!(block("2001:db8:1:2::ffff"), "2001:db8:1:2::");
+        assert_ne!(block("2001:db8:1:3::1"), "2001:db8:1:2::");
+        assert_eq!(block("203.0.113.7"), "203.0.113.7");
+        assert_eq!(block("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(block("::1"), "::");
+    }
 
     #[test]
     fn a_burst_is_allowed_then_refused_until_refilled() {

@@ -111,7 +111,8 @@ pub async fn serve(
             tracing::warn!(%remote, "connection limit reached; refusing a connection");
             continue;
         };
-        let Some(ip_slot) = per_ip.acquire(remote.ip(), limits.max_connections_per_ip) else {
+        let block = crate::limit::client_block(remote.ip());
+        let Some(ip_slot) = per_ip.acquire(block, limits.max_connections_per_ip) else {
             tracing::debug!(%remote, "per-address connection limit reached; refusing a connection");
             continue;
         };

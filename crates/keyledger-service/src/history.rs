@@ -40,8 +40,9 @@ pub struct EventQuery {
     pub account: Option<String>,
 }
 
-/// How many events one page may examine (filters can skip many).
-const MAX_SCAN: usize = 100_000;
+/// How many events one page may examine (filters can skip many): bounds what one call costs.
+/// A page may hold fewer than `limit` events, or none; `next_after` then goes on from there.
+const MAX_SCAN: usize = 10_000;
 
 /// Folds a stream's events (in version order) up to `as_of`.
 pub fn fold_until(events: &[Envelope], as_of: AsOf) -> Option<KeyState> {
@@ -80,17 +81,21 @@ impl Service {
         let mut out = Vec::new();
         let mut next_after = q.after;
         let mut scanned = 0usize;
+        let filtered = account.is_some() || q.event_type.is_some();
         self.log()
             .scan_raw(q.after, |seq, bytes| {
                 scanned += 1;
                 next_after = seq;
-                let env = keyledger_store::log::decode(bytes)?;
-                let keep = account.as_ref().is_none_or(|a| *a == env.account)
-                    && q.event_type
-                        .as_ref()
-                        .is_none_or(|t| t == env.event.type_name());
+                let keep = filtered.then(|| keyledger_store::log::decode_routing(bytes));
+                let keep = match keep.transpose()? {
+                    None => true,
+                    Some(r) => {
+                        account.as_ref().is_none_or(|a| *a == r.account)
+                            && q.event_type.as_ref().is_none_or(|t| *t == r.event_type)
+                    }
+                };
                 if keep {
-                    out.push(env);
+                    out.push(keyledger_store::log::decode(bytes)?);
                 }
                 Ok(out.len() < q.limit && scanned < MAX_SCAN)
             })

@@ -263,8 +263,9 @@ async fn non_admin_cannot_obtain_a_more_privileged_secret_by_reset() {
 
 /// As with scopes, a non-admin key cannot lift the limits it has itself: a key that may be used
 /// only from some addresses, or only until some time, cannot widen them on itself or on other
-/// keys, nor create keys without them (SECURITY.md: a leaked key acts only "from addresses its
-/// `allowed_ips` admit, until it expires").
+/// keys, nor obtain (by a reset) the secret of a key without them; keys it creates without
+/// limits get its own (SECURITY.md: a leaked key acts only "from addresses its `allowed_ips`
+/// admit, until it expires").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_admin_cannot_set_wider_allowed_ips_or_a_later_expiry_than_its_own() {
     let h = Harness::start().await;
@@ -290,55 +291,88 @@ async fn non_admin_cannot_set_wider_allowed_ips_or_a_later_expiry_than_its_own()
             err["message"].as_str().unwrap().starts_with(&field),
             "{err}"
         );
-    }
-    for body in [
-        json!({ "name": "anywhere", "expires_at": rfc3339_in(60) }),
-        json!({ "name": "forever", "allowed_ips": ["127.0.0.1"] }),
-    ] {
-        h.post("/v1/keys", &ops, &body)
+        // On create, an empty list or `null` is no limit given: the caller's own applies.
+        if !(body[&field].is_null() || body[&field] == json!([])) {
+            h.post(
+                "/v1/keys",
+                &ops,
+                &json!({ "name": "wider", field.clone(): body[&field] }),
+            )
             .await
             .expect_error(403, "forbidden");
+        }
     }
     let k = h.get_key(&id_of(&me)).await;
     assert_eq!(k["allowed_ips"], json!(["127.0.0.1/32"]));
     assert_eq!(k["expires_at"], until.as_str());
-    // Within its own limits it may narrow and create.
+
+    // A key it creates without limits gets its own; within them it may set what it likes.
+    let child = h
+        .post("/v1/keys", &ops, &json!({ "name": "child" }))
+        .await
+        .expect(201)
+        .json()["key"]
+        .clone();
+    assert_eq!(child["allowed_ips"], json!(["127.0.0.1/32"]));
+    assert_eq!(child["expires_at"], until.as_str());
+
+    // A sibling an admin made without limits: renaming it is harmless, resetting it would
+    // hand over an unlimited secret.
+    let (sibling, _) = h
+        .create_key(json!({ "name": "sibling", "account": "acme",
+                            "scopes": ["keys:read"] }))
+        .await;
+    let sibling = format!("/v1/keys/{}", id_of(&sibling));
+    h.patch(&sibling, &ops, &json!({ "name": "renamed" }))
+        .await
+        .expect(200);
+    let r = h.post(&format!("{sibling}/reset"), &ops, &json!({})).await;
+    r.assert_absent("\"secret\"");
+    r.expect_error(403, "forbidden");
+    h.post(
+        &format!("/v1/keys/{}/reset", id_of(&child)),
+        &ops,
+        &json!({}),
+    )
+    .await
+    .expect(200);
+    // It may always narrow its own limits.
     h.patch(&own, &ops, &json!({ "expires_at": rfc3339_in(1800) }))
         .await
         .expect(200);
-    h.post(
-        "/v1/keys",
-        &ops,
-        &json!({ "name": "child", "allowed_ips": ["127.0.0.1"], "expires_at": rfc3339_in(60) }),
-    )
-    .await
-    .expect(201);
 }
 
 /// Who holds only a secret that was rotated away (leaked, say) must not lock out the holder of
-/// the new one: in its grace period the old secret still works, but cannot reset or revoke its
-/// own key.
+/// the new one: in its grace period the old secret still works, but cannot change, reset or
+/// revoke its own key. A retry of its own reset still gets the first answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_secret_in_its_grace_period_cannot_reset_or_revoke_its_own_key() {
+async fn a_secret_in_its_grace_period_cannot_change_its_own_key() {
     let h = Harness::start().await;
     let (key, old) = h
         .create_key(json!({ "name": "ops", "scopes": ["keys:read", "keys:write"] }))
         .await;
     let path = format!("/v1/keys/{}", id_of(&key));
-    let new = h
-        .post(
-            &format!("{path}/reset"),
-            &h.admin,
-            &json!({ "grace_seconds": 3600 }),
-        )
-        .await
-        .expect(200)
-        .json()["secret"]
+    let reset = |secret: &str| {
+        h.request(reqwest::Method::POST, &format!("{path}/reset"))
+            .bearer_auth(secret.to_owned())
+            .header("Idempotency-Key", "rotate-1")
+            .json(&json!({ "grace_seconds": 3600 }))
+            .send()
+    };
+    let first = reset(&old).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let new = first.json::<Value>().await.unwrap()["secret"]
         .as_str()
         .unwrap()
         .to_owned();
+    let retry = reset(&old).await.unwrap();
+    assert_eq!(retry.status(), 200, "a retry is answered as the first");
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
     h.get("/v1/me", &old).await.expect(200);
     h.post(&format!("{path}/reset"), &old, &json!({}))
+        .await
+        .expect_error(403, "forbidden");
+    h.patch(&path, &old, &json!({ "allowed_ips": ["192.0.2.1"] }))
         .await
         .expect_error(403, "forbidden");
     h.delete(&path, &old).await.expect_error(403, "forbidden");

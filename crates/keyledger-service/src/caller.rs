@@ -2,7 +2,7 @@
 
 use crate::ServiceError;
 use keyledger_core::model::parse_net;
-use keyledger_core::{KeyState, Timestamp};
+use keyledger_core::{Action, KeyState, Timestamp};
 use uuid::Uuid;
 
 pub const SCOPE_READ: &str = "keys:read";
@@ -45,81 +45,23 @@ impl Actor {
         }
     }
 
-    /// The scopes that bound what a non-admin key may grant or change; `None` for admins,
-    /// the system and the CLI.
-    pub fn scope_limit(&self) -> Option<&[String]> {
+    /// What a non-admin key may do to keys; `None` for admins, the system and the CLI.
+    pub fn bounds(&self) -> Option<Bounds> {
         match self {
-            Actor::Key(c) if !c.is_admin() => Some(&c.scopes),
+            Actor::Key(c) if !c.is_admin() => Some(Bounds {
+                scopes: c.scopes.clone(),
+                allowed_ips: c.allowed_ips.clone(),
+                expires_at: c.expires_at,
+            }),
             _ => None,
         }
     }
 
-    /// A non-admin key can only grant scopes it holds itself.
-    pub fn may_grant(&self, scopes: &[String]) -> Result<(), ServiceError> {
-        let Actor::Key(c) = self else { return Ok(()) };
-        if c.is_admin() {
-            return Ok(());
-        }
-        match scopes.iter().find(|s| !c.scopes.contains(s)) {
-            Some(s) => Err(ServiceError::Forbidden(format!(
-                "scopes: cannot grant `{s}`, which the calling key does not hold"
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    /// A non-admin key cannot make a key less restricted than itself, as it cannot grant a
-    /// scope it lacks: the allowed IPs it sets must lie within its own (when it has any; none
-    /// would allow every address), and an expiry it sets must not be later than its own (when
-    /// it has one; none would never expire). `None` leaves a field as it is. Entries that are
-    /// not addresses are left to the domain's validation (400).
-    pub fn may_restrict(
-        &self,
-        allowed_ips: Option<&[String]>,
-        expires_at: Option<Option<Timestamp>>,
-    ) -> Result<(), ServiceError> {
-        let Actor::Key(c) = self else { return Ok(()) };
-        if c.is_admin() {
-            return Ok(());
-        }
-        if let Some(ips) = allowed_ips
-            && !c.allowed_ips.is_empty()
-        {
-            let within = |s: &String| {
-                parse_net(s.trim()).is_none_or(|n| c.allowed_ips.iter().any(|own| own.contains(&n)))
-            };
-            if ips.is_empty() || !ips.iter().all(within) {
-                let own: Vec<String> = c.allowed_ips.iter().map(ToString::to_string).collect();
-                return Err(ServiceError::Forbidden(format!(
-                    "allowed_ips: the calling key may be used only from {}, and cannot allow \
-                     addresses beyond that (nor set none, which allows every address)",
-                    own.join(", ")
-                )));
-            }
-        }
-        if let (Some(expiry), Some(own)) = (expires_at, c.expires_at)
-            && expiry.is_none_or(|t| t > own)
-        {
-            return Err(ServiceError::Forbidden(format!(
-                "expires_at: the calling key expires at {own}, and cannot set a later expiry \
-                 (nor none)"
-            )));
-        }
-        Ok(())
-    }
-
-    /// A secret rotated away but still in its grace period may go on working for its key, but
-    /// not reset or revoke that key: whoever still holds only the old secret (after a leak,
-    /// say) must not lock out the holder of the new one.
-    pub fn may_replace(&self, id: Uuid) -> Result<(), ServiceError> {
-        match self {
-            Actor::Key(c) if c.rotating && c.key_id == id => Err(ServiceError::Forbidden(
-                "the calling secret was rotated away (it is in its grace period): it cannot \
-                 reset or revoke its own key; use the current secret"
-                    .into(),
-            )),
-            _ => Ok(()),
-        }
+    /// Whether the actor is a secret rotated away (in its grace period) acting on its own key
+    /// `id`: it may go on working, but not change that key, or whoever holds only the old
+    /// secret (after a leak, say) could lock out the holder of the new one.
+    pub fn is_grace_secret_of(&self, id: Uuid) -> bool {
+        matches!(self, Actor::Key(c) if c.rotating && c.key_id == id)
     }
 
     /// Whether the actor can see a key (keys of other accounts are invisible, as if absent).
@@ -137,7 +79,7 @@ pub struct Caller {
     pub key_id: Uuid,
     pub account: String,
     pub scopes: Vec<String>,
-    /// The key's own limits, which bound what it may set on keys (see [`Actor::may_restrict`]).
+    /// The key's own limits, which bound what it may set on keys (see [`Bounds::check`]).
     pub allowed_ips: Vec<ipnet::IpNet>,
     pub expires_at: Option<Timestamp>,
     /// Authenticated by the previous secret, inside its grace period.
@@ -178,5 +120,109 @@ impl Caller {
                 "the calling key lacks the `{scope}` scope"
             )))
         }
+    }
+}
+
+/// The powers and limits of a non-admin calling key, which bound what it may do to keys. The
+/// writer checks them against the key's state at commit (after an idempotent retry has got its
+/// first answer), as [`Bounds::check`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bounds {
+    pub scopes: Vec<String>,
+    pub allowed_ips: Vec<ipnet::IpNet>,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl Bounds {
+    /// A non-admin key may change, reset or revoke only keys whose scopes it all holds, and
+    /// grant only scopes it holds. Nor may it lift its own limits: the allowed IPs it sets
+    /// must lie within its own (when it has any; none would allow every address), and an
+    /// expiry it sets must not be later than its own (when it has one); and it may reset (and
+    /// so obtain a secret of) only keys whose limits lie within its own.
+    pub fn check(&self, action: &Action, current: Option<&KeyState>) -> Result<(), ServiceError> {
+        if let (Some(s), false) = (current, matches!(action, Action::Create(_)))
+            && let Some(missing) = s.scopes.iter().find(|sc| !self.scopes.contains(sc))
+        {
+            return Err(ServiceError::Forbidden(format!(
+                "the key holds the scope `{missing}`, which the calling key does not hold"
+            )));
+        }
+        match action {
+            Action::Create(new) => {
+                self.may_grant(&new.scopes)?;
+                self.may_set(Some(&new.allowed_ips), Some(new.expires_at))
+            }
+            Action::Update(patch) => {
+                if let Some(scopes) = &patch.scopes {
+                    self.may_grant(scopes)?;
+                }
+                self.may_set(patch.allowed_ips.as_deref(), patch.expires_at)
+            }
+            Action::Reset { .. } => match current {
+                Some(s) if !self.covers(&s.allowed_ips, s.expires_at) => {
+                    Err(ServiceError::Forbidden(
+                        "the key may be used from more addresses or for longer than the calling \
+                         key: resetting it would hand over a less limited secret"
+                            .into(),
+                    ))
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    fn may_grant(&self, scopes: &[String]) -> Result<(), ServiceError> {
+        match scopes.iter().find(|s| !self.scopes.contains(s)) {
+            Some(s) => Err(ServiceError::Forbidden(format!(
+                "scopes: cannot grant `{s}`, which the calling key does not hold"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// `None` leaves a field as it is. Entries that are not addresses are left to the domain's
+    /// validation (400).
+    fn may_set(
+        &self,
+        allowed_ips: Option<&[String]>,
+        expires_at: Option<Option<Timestamp>>,
+    ) -> Result<(), ServiceError> {
+        if let Some(ips) = allowed_ips
+            && !self.allowed_ips.is_empty()
+        {
+            let within = |s: &String| parse_net(s.trim()).is_none_or(|n| self.within_ips(&n));
+            if ips.is_empty() || !ips.iter().all(within) {
+                let own: Vec<String> = self.allowed_ips.iter().map(ToString::to_string).collect();
+                return Err(ServiceError::Forbidden(format!(
+                    "allowed_ips: the calling key may be used only from {}, and cannot allow \
+                     addresses beyond that (nor set none, which allows every address)",
+                    own.join(", ")
+                )));
+            }
+        }
+        if let (Some(expiry), Some(own)) = (expires_at, self.expires_at)
+            && expiry.is_none_or(|t| t > own)
+        {
+            return Err(ServiceError::Forbidden(format!(
+                "expires_at: the calling key expires at {own}, and cannot set a later expiry \
+                 (nor none)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn within_ips(&self, net: &ipnet::IpNet) -> bool {
+        self.allowed_ips.iter().any(|own| own.contains(net))
+    }
+
+    /// Whether a key with these limits is no less limited than the calling key.
+    fn covers(&self, allowed_ips: &[ipnet::IpNet], expires_at: Option<Timestamp>) -> bool {
+        let ips = self.allowed_ips.is_empty()
+            || (!allowed_ips.is_empty() && allowed_ips.iter().all(|n| self.within_ips(n)));
+        let expiry = self
+            .expires_at
+            .is_none_or(|own| expires_at.is_some_and(|t| t <= own));
+        ips && expiry
     }
 }

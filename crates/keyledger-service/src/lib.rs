@@ -19,7 +19,9 @@ pub mod history;
 pub mod outbox;
 pub mod writer;
 
-pub use caller::{Actor, Caller, SCOPE_ADMIN, SCOPE_EVENTS, SCOPE_READ, SCOPE_VERIFY, SCOPE_WRITE};
+pub use caller::{
+    Actor, Bounds, Caller, SCOPE_ADMIN, SCOPE_EVENTS, SCOPE_READ, SCOPE_VERIFY, SCOPE_WRITE,
+};
 pub use error::{AuthError, ServiceError};
 pub use history::{AsOf, EventQuery};
 pub use keyledger_projections::{Cursor, KeyEntry, ListPage, ListQuery, SortField, SortValue};
@@ -383,7 +385,8 @@ impl Service {
         let job = Job {
             key_id,
             account_limit: actor.account_limit().map(str::to_owned),
-            scope_limit: actor.scope_limit().map(<[String]>::to_vec),
+            bounds: actor.bounds(),
+            grace_self: actor.is_grace_secret_of(key_id),
             if_version,
             action,
             actor: actor.name(),
@@ -417,8 +420,14 @@ impl Service {
             (None, Some(limit)) => limit.to_owned(),
             (None, None) => DEFAULT_ACCOUNT.to_owned(),
         };
-        actor.may_grant(&input.scopes)?;
-        actor.may_restrict(Some(&input.allowed_ips), Some(input.expires_at))?;
+        let mut input = input;
+        // A limited key's keys inherit the limits they are not given (it may set no wider).
+        if let Some(b) = actor.bounds() {
+            if input.allowed_ips.is_empty() {
+                input.allowed_ips = b.allowed_ips.iter().map(ToString::to_string).collect();
+            }
+            input.expires_at = input.expires_at.or(b.expires_at);
+        }
         let secret = generate_secret(&input.prefix()?)?;
         let new = input.into_new_key(account, &secret);
         let committed = self
@@ -443,10 +452,6 @@ impl Service {
         idempotency: Option<Idempotency>,
     ) -> Result<Committed, ServiceError> {
         actor.require(SCOPE_WRITE)?;
-        if let Some(scopes) = &patch.scopes {
-            actor.may_grant(scopes)?;
-        }
-        actor.may_restrict(patch.allowed_ips.as_deref(), patch.expires_at)?;
         self.submit(actor, id, if_version, Action::Update(patch), idempotency)
             .await
     }
@@ -461,7 +466,6 @@ impl Service {
         idempotency: Option<Idempotency>,
     ) -> Result<(Committed, Option<Secret>), ServiceError> {
         actor.require(SCOPE_WRITE)?;
-        actor.may_replace(id)?;
         let prefix = self
             .visible(actor, id)
             .map(|e| e.state.prefix.clone())
@@ -486,7 +490,6 @@ impl Service {
         idempotency: Option<Idempotency>,
     ) -> Result<Committed, ServiceError> {
         actor.require(SCOPE_WRITE)?;
-        actor.may_replace(id)?;
         self.submit(actor, id, if_version, Action::Delete, idempotency)
             .await
     }

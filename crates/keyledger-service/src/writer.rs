@@ -5,6 +5,7 @@
 //! Batches adapt to load by themselves: while one batch commits, the next accumulates. A lone
 //! command is never held back waiting for company.
 
+use crate::caller::Bounds;
 use crate::{ServiceError, now};
 use keyledger_core::{Action, Command, KeyState, decide, evolve};
 use keyledger_projections::{KeyEntry, KeyTableProjector, ReadModel};
@@ -39,9 +40,11 @@ pub const IDEMPOTENCY_TTL_SECONDS: i64 = 24 * 3600;
 pub(crate) struct Job {
     pub key_id: Uuid,
     pub account_limit: Option<String>,
-    /// The scopes of a non-admin calling key: it may only change keys whose scopes it all
-    /// holds, or it could take over a more powerful key (e.g. reset an admin key).
-    pub scope_limit: Option<Vec<String>>,
+    /// What a non-admin calling key may do (see [`Bounds::check`]): without it, a key could
+    /// take over a more powerful key (e.g. reset an admin key) or lift its own limits.
+    pub bounds: Option<Bounds>,
+    /// The caller is a secret in its grace period, and this is its own key.
+    pub grace_self: bool,
     pub if_version: Option<u64>,
     pub action: Action,
     pub actor: String,
@@ -371,13 +374,15 @@ impl Writer {
                 _ => ServiceError::NotFound,
             });
         }
-        if let (Some(held), Some(s)) = (&job.scope_limit, current)
-            && !matches!(job.action, Action::Create(_))
-            && let Some(missing) = s.scopes.iter().find(|sc| !held.contains(sc))
-        {
-            return Err(ServiceError::Forbidden(format!(
-                "the key holds the scope `{missing}`, which the calling key does not hold"
-            )));
+        if job.grace_self {
+            return Err(ServiceError::Forbidden(
+                "the calling secret was rotated away (it is in its grace period): it cannot \
+                 change, reset or revoke its own key; use the current secret"
+                    .into(),
+            ));
+        }
+        if let Some(bounds) = &job.bounds {
+            bounds.check(&job.action, current)?;
         }
         let cmd = Command {
             now,

@@ -387,9 +387,9 @@ pub fn client_ip(parts: &Parts, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','));
     for hop in hops.rev() {
-        let ip = std::str::from_utf8(hop)
+        let ip = std::str::from_utf8(hop.trim_ascii())
             .ok()
-            .and_then(|h| h.trim().parse::<IpAddr>().ok())
+            .and_then(|h| h.parse::<IpAddr>().ok())
             .map(canonical_ip);
         match ip {
             Some(ip) if is_trusted(&ip) => client = ip,

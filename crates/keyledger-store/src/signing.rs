@@ -368,7 +368,7 @@ impl SignatureVerifier {
     pub fn from_public(keys: &[PublicKeyInfo]) -> Result<Self, String> {
         let mut out = Vec::new();
         for k in keys {
-            let vk = public_key(&k.public_key)?;
+            let vk = public_key(&k.public_key).map_err(|e| format!("signing key {}: {e}", k.id))?;
             let id = key_id(&vk);
             if id != k.id {
                 return Err(format!(

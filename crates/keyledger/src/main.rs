@@ -314,14 +314,28 @@ fn run() -> anyhow::Result<()> {
         } => {
             let keys = keyledger::tail::read_public_keys(&file)?;
             let path = data.config().signing_key_path();
+            if !path.exists() {
+                bail!(
+                    "no signing key file at {}: pass --signing-key-file if it lives elsewhere, \
+                     or start one with `keyledger signing-key rotate --create` first",
+                    path.display()
+                );
+            }
             let added = SigningKeys::import_public(&path, &keys)
                 .map_err(|e| anyhow!("importing {}: {e}", file.display()))?;
-            eprintln!(
-                "added {} retired public key(s) to {}: {}",
-                added.len(),
-                path.display(),
-                added.join(", ")
-            );
+            match added.as_slice() {
+                [] => eprintln!(
+                    "{} holds every key of {} already",
+                    path.display(),
+                    file.display()
+                ),
+                ids => eprintln!(
+                    "added {} retired public key(s) to {}: {}",
+                    ids.len(),
+                    path.display(),
+                    ids.join(", ")
+                ),
+            }
             Ok(())
         }
         Command::Events {

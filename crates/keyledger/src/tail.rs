@@ -188,8 +188,13 @@ struct Keys {
 pub fn read_public_keys(path: &std::path::Path) -> anyhow::Result<Vec<PublicKeyInfo>> {
     let body =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let keys: Keys = serde_json::from_str(&body)
-        .with_context(|| format!("parsing the signing keys in {}", path.display()))?;
+    let keys: Keys = serde_json::from_str(&body).with_context(|| {
+        format!(
+            "{}: not a list of public keys as `GET /v1/signing-key` or `keyledger signing-key \
+             list` print them",
+            path.display()
+        )
+    })?;
     Ok(keys.keys)
 }
 

@@ -329,6 +329,25 @@ async fn non_admin_cannot_set_wider_allowed_ips_or_a_later_expiry_than_its_own()
     let r = h.post(&format!("{sibling}/reset"), &ops, &json!({})).await;
     r.assert_absent("\"secret\"");
     r.expect_error(403, "forbidden");
+    // Nor may it act through it: give it more scopes, or enable it again once disabled.
+    h.patch(
+        &sibling,
+        &ops,
+        &json!({ "scopes": ["keys:read", "keys:write"] }),
+    )
+    .await
+    .expect_error(403, "forbidden");
+    h.patch(&sibling, &ops, &json!({ "enabled": false }))
+        .await
+        .expect(200);
+    h.patch(&sibling, &ops, &json!({ "enabled": true }))
+        .await
+        .expect_error(403, "forbidden");
+    // A key that does not exist answers 404 before any of these checks, as it would to anyone.
+    let missing = format!("/v1/keys/{}", uuid_v7_like());
+    h.patch(&missing, &ops, &json!({ "allowed_ips": ["0.0.0.0/0"] }))
+        .await
+        .expect_error(404, "not_found");
     h.post(
         &format!("/v1/keys/{}/reset", id_of(&child)),
         &ops,
@@ -343,10 +362,10 @@ async fn non_admin_cannot_set_wider_allowed_ips_or_a_later_expiry_than_its_own()
 }
 
 /// Who holds only a secret that was rotated away (leaked, say) must not lock out the holder of
-/// the new one: in its grace period the old secret still works, but cannot change, reset or
-/// revoke its own key. A retry of its own reset still gets the first answer.
+/// the new one, directly or through a key it makes: in its grace period the old secret may read
+/// and verify, but not change keys. A retry of its own reset still gets the first answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_secret_in_its_grace_period_cannot_change_its_own_key() {
+async fn a_secret_in_its_grace_period_may_read_but_not_change_keys() {
     let h = Harness::start().await;
     let (key, old) = h
         .create_key(json!({ "name": "ops", "scopes": ["keys:read", "keys:write"] }))
@@ -376,8 +395,17 @@ async fn a_secret_in_its_grace_period_cannot_change_its_own_key() {
         .await
         .expect_error(403, "forbidden");
     h.delete(&path, &old).await.expect_error(403, "forbidden");
+    h.post("/v1/keys", &old, &json!({ "name": "outlives the grace" }))
+        .await
+        .expect_error(403, "forbidden");
+    h.get("/v1/keys", &old).await.expect(200);
     assert_eq!(h.verify_code(&new).await, "VALID");
     h.post(&format!("{path}/reset"), &new, &json!({}))
         .await
         .expect(200);
+}
+
+/// An id that no key has.
+fn uuid_v7_like() -> String {
+    "01a20f85-390d-704a-ab3d-9f2131ac8237".into()
 }

@@ -57,11 +57,12 @@ impl Actor {
         }
     }
 
-    /// Whether the actor is a secret rotated away (in its grace period) acting on its own key
-    /// `id`: it may go on working, but not change that key, or whoever holds only the old
-    /// secret (after a leak, say) could lock out the holder of the new one.
-    pub fn is_grace_secret_of(&self, id: Uuid) -> bool {
-        matches!(self, Actor::Key(c) if c.rotating && c.key_id == id)
+    /// Whether the actor is a secret rotated away, in its grace period: it may go on reading
+    /// and verifying, but not change keys, or whoever holds only the old secret (after a
+    /// leak, say) could lock out the holder of the new one, directly or through a key it
+    /// creates.
+    pub fn is_grace_secret(&self) -> bool {
+        matches!(self, Actor::Key(c) if c.rotating)
     }
 
     /// Whether the actor can see a key (keys of other accounts are invisible, as if absent).
@@ -140,6 +141,11 @@ impl Bounds {
     /// expiry it sets must not be later than its own (when it has one); and it may reset (and
     /// so obtain a secret of) only keys whose limits lie within its own.
     pub fn check(&self, action: &Action, current: Option<&KeyState>) -> Result<(), ServiceError> {
+        match action {
+            Action::Create(new) => self.may_grant(&new.scopes),
+            Action::Update(patch) => patch.scopes.as_ref().map_or(Ok(()), |s| self.may_grant(s)),
+            _ => Ok(()),
+        }?;
         if let (Some(s), false) = (current, matches!(action, Action::Create(_)))
             && let Some(missing) = s.scopes.iter().find(|sc| !self.scopes.contains(sc))
         {
@@ -148,15 +154,30 @@ impl Bounds {
             )));
         }
         match action {
-            Action::Create(new) => {
-                self.may_grant(&new.scopes)?;
-                self.may_set(Some(&new.allowed_ips), Some(new.expires_at))
-            }
+            Action::Create(new) => self.may_set(Some(&new.allowed_ips), Some(new.expires_at)),
             Action::Update(patch) => {
-                if let Some(scopes) = &patch.scopes {
-                    self.may_grant(scopes)?;
+                self.may_set(patch.allowed_ips.as_deref(), patch.expires_at)?;
+                // More scopes, or enabled again: only for a key no less limited than the
+                // caller once patched, or the caller would act through it beyond its limits.
+                let Some(s) = current else { return Ok(()) };
+                let more_scopes = patch
+                    .scopes
+                    .as_ref()
+                    .is_some_and(|new| new.iter().any(|sc| !s.scopes.contains(sc)));
+                let enabled_again = patch.enabled == Some(true) && !s.enabled;
+                let ips: Vec<ipnet::IpNet> = match &patch.allowed_ips {
+                    Some(ips) => ips.iter().filter_map(|ip| parse_net(ip.trim())).collect(),
+                    None => s.allowed_ips.clone(),
+                };
+                let expires_at = patch.expires_at.unwrap_or(s.expires_at);
+                if (more_scopes || enabled_again) && !self.covers(&ips, expires_at) {
+                    return Err(ServiceError::Forbidden(
+                        "the key may be used from more addresses or for longer than the \
+                         calling key: it cannot give it more scopes or enable it again"
+                            .into(),
+                    ));
                 }
-                self.may_set(patch.allowed_ips.as_deref(), patch.expires_at)
+                Ok(())
             }
             Action::Reset { .. } => match current {
                 Some(s) if !self.covers(&s.allowed_ips, s.expires_at) => {

@@ -386,7 +386,7 @@ impl Service {
             key_id,
             account_limit: actor.account_limit().map(str::to_owned),
             bounds: actor.bounds(),
-            grace_self: actor.is_grace_secret_of(key_id),
+            grace: actor.is_grace_secret(),
             if_version,
             action,
             actor: actor.name(),

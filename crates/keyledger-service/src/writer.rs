@@ -43,8 +43,8 @@ pub(crate) struct Job {
     /// What a non-admin calling key may do (see [`Bounds::check`]): without it, a key could
     /// take over a more powerful key (e.g. reset an admin key) or lift its own limits.
     pub bounds: Option<Bounds>,
-    /// The caller is a secret in its grace period, and this is its own key.
-    pub grace_self: bool,
+    /// The caller is a secret in its grace period: it may read and verify, not change keys.
+    pub grace: bool,
     pub if_version: Option<u64>,
     pub action: Action,
     pub actor: String,
@@ -374,10 +374,20 @@ impl Writer {
                 _ => ServiceError::NotFound,
             });
         }
-        if job.grace_self {
+        if job.grace || job.bounds.is_some() {
+            // A missing or revoked key answers as it would to anyone, before any check that
+            // could tell it apart from another account's key.
+            match (current, &job.action) {
+                (_, Action::Create(_)) => {}
+                (None, _) => return Err(ServiceError::NotFound),
+                (Some(s), _) if s.deleted_at.is_some() => return Err(ServiceError::Deleted),
+                _ => {}
+            }
+        }
+        if job.grace {
             return Err(ServiceError::Forbidden(
-                "the calling secret was rotated away (it is in its grace period): it cannot \
-                 change, reset or revoke its own key; use the current secret"
+                "the calling secret was rotated away (it is in its grace period): it may read \
+                 and verify, but changing keys needs the current secret"
                     .into(),
             ));
         }

@@ -343,6 +343,35 @@ async fn non_admin_cannot_set_wider_allowed_ips_or_a_later_expiry_than_its_own()
     h.patch(&sibling, &ops, &json!({ "enabled": true }))
         .await
         .expect_error(403, "forbidden");
+    for body in [
+        json!({ "role": "owner" }),
+        json!({ "owner": "cus_other" }),
+        json!({ "metadata": { "plan": "enterprise" } }),
+    ] {
+        h.patch(&sibling, &ops, &body)
+            .await
+            .expect_error(403, "forbidden");
+    }
+    // An expiry is no way around it: a key an admin made to expire soon, but usable from
+    // anywhere, may not be given a later one (nor none), which would bring it back.
+    let (brief, _) = h
+        .create_key(
+            json!({ "name": "brief", "account": "acme", "scopes": ["keys:read"],
+                            "expires_at": rfc3339_in(600) }),
+        )
+        .await;
+    let brief = format!("/v1/keys/{}", id_of(&brief));
+    for body in [
+        json!({ "expires_at": null }),
+        json!({ "expires_at": rfc3339_in(1200) }),
+    ] {
+        h.patch(&brief, &ops, &body)
+            .await
+            .expect_error(403, "forbidden");
+    }
+    h.patch(&brief, &ops, &json!({ "expires_at": rfc3339_in(300) }))
+        .await
+        .expect(200);
     // A key that does not exist answers 404 before any of these checks, as it would to anyone.
     let missing = format!("/v1/keys/{}", uuid_v7_like());
     h.patch(&missing, &ops, &json!({ "allowed_ips": ["0.0.0.0/0"] }))

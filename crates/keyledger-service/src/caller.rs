@@ -157,23 +157,36 @@ impl Bounds {
             Action::Create(new) => self.may_set(Some(&new.allowed_ips), Some(new.expires_at)),
             Action::Update(patch) => {
                 self.may_set(patch.allowed_ips.as_deref(), patch.expires_at)?;
-                // More scopes, or enabled again: only for a key no less limited than the
-                // caller once patched, or the caller would act through it beyond its limits.
+                // A key less limited than the caller (once patched) may be renamed, narrowed,
+                // disabled or stripped of scopes; anything that gives it more (scopes, a later
+                // expiry, enabled again) or says more about it to those who verify it (role,
+                // owner, metadata) would let the caller act through it beyond its own limits.
                 let Some(s) = current else { return Ok(()) };
                 let more_scopes = patch
                     .scopes
                     .as_ref()
                     .is_some_and(|new| new.iter().any(|sc| !s.scopes.contains(sc)));
                 let enabled_again = patch.enabled == Some(true) && !s.enabled;
+                let later_expiry = match (s.expires_at, patch.expires_at) {
+                    (Some(_), Some(None)) => true,
+                    (Some(now), Some(Some(new))) => new > now,
+                    _ => false,
+                };
+                let described =
+                    patch.role.is_some() || patch.owner.is_some() || patch.metadata.is_some();
                 let ips: Vec<ipnet::IpNet> = match &patch.allowed_ips {
                     Some(ips) => ips.iter().filter_map(|ip| parse_net(ip.trim())).collect(),
                     None => s.allowed_ips.clone(),
                 };
                 let expires_at = patch.expires_at.unwrap_or(s.expires_at);
-                if (more_scopes || enabled_again) && !self.covers(&ips, expires_at) {
+                if (more_scopes || enabled_again || later_expiry || described)
+                    && !self.covers(&ips, expires_at)
+                {
                     return Err(ServiceError::Forbidden(
                         "the key may be used from more addresses or for longer than the \
-                         calling key: it cannot give it more scopes or enable it again"
+                         calling key: it may rename, narrow, disable or revoke it, but not give \
+                         it more scopes, a later expiry, another role, owner or metadata, or \
+                         enable it again"
                             .into(),
                     ));
                 }

@@ -172,8 +172,15 @@ impl Bounds {
                     (Some(now), Some(Some(new))) => new > now,
                     _ => false,
                 };
-                let described =
-                    patch.role.is_some() || patch.owner.is_some() || patch.metadata.is_some();
+                // Only values that differ count: a PUT repeats what it does not change.
+                let metadata_changes = patch.metadata.as_ref().is_some_and(|m| match m {
+                    serde_json::Value::Object(o) => *o != s.metadata,
+                    serde_json::Value::Null => !s.metadata.is_empty(),
+                    _ => true,
+                });
+                let described = patch.role.as_ref().is_some_and(|r| *r != s.role)
+                    || patch.owner.as_ref().is_some_and(|o| *o != s.owner)
+                    || metadata_changes;
                 let ips: Vec<ipnet::IpNet> = match &patch.allowed_ips {
                     Some(ips) => ips.iter().filter_map(|ip| parse_net(ip.trim())).collect(),
                     None => s.allowed_ips.clone(),

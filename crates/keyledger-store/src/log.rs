@@ -408,15 +408,12 @@ impl Log {
             Err(e) => return Err(open_error(path, e)),
         };
         let txn = db.begin_read()?;
-        let meta = match txn.open_table(META) {
-            Ok(meta) => meta,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(match meta.get("head")? {
-            Some(v) => decode_head(v.value())?.seq,
-            None => 0,
-        })
+        match txn.open_table(META) {
+            Ok(meta) => Ok(head_in(&meta)?.seq),
+            // Created, but never opened as a log.
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn with_db(
@@ -688,14 +685,7 @@ impl Log {
     /// The last seq (0 when empty) and its hash.
     pub fn head(&self) -> Result<(u64, String), StoreError> {
         let txn = self.database()?.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let head = match meta.get("head")? {
-            Some(v) => decode_head(v.value())?,
-            None => Head {
-                seq: 0,
-                hash: GENESIS_HASH.into(),
-            },
-        };
+        let head = head_in(&txn.open_table(META)?)?;
         Ok((head.seq, head.hash))
     }
 
@@ -1029,7 +1019,11 @@ pub fn decode_routing(bytes: &[u8]) -> Result<Routing<'_>, StoreError> {
 }
 
 fn read_head(txn: &WriteTransaction) -> Result<Head, StoreError> {
-    let meta = txn.open_table(META)?;
+    head_in(&txn.open_table(META)?)
+}
+
+/// The head recorded in the `meta` table; the genesis head of an empty log.
+fn head_in(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Head, StoreError> {
     let head = meta
         .get("head")?
         .map(|v| decode_head(v.value()))

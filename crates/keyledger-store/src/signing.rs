@@ -100,11 +100,20 @@ fn seed(path: &Path, mut secret: String, id: &str) -> Result<SigningKey, Signing
     Ok(key)
 }
 
-/// An ed25519 public key from standard base64.
-fn public_key(b64: &str) -> Result<VerifyingKey, String> {
-    let bytes = B64.decode(b64).map_err(|e| e.to_string())?;
-    let arr: [u8; 32] = bytes.try_into().map_err(|_| "public key is not 32 bytes")?;
-    VerifyingKey::from_bytes(&arr).map_err(|e| e.to_string())
+/// The ed25519 public key `id` from standard base64; refused unless `id` is its own.
+fn public_key(id: &str, b64: &str) -> Result<VerifyingKey, String> {
+    let parse = || {
+        let bytes = B64.decode(b64).map_err(|e| e.to_string())?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| "public key is not 32 bytes")?;
+        VerifyingKey::from_bytes(&arr).map_err(|e| e.to_string())
+    };
+    let key = parse().map_err(|e| format!("signing key {id}: {e}"))?;
+    match key_id(&key) {
+        own if own == id => Ok(key),
+        own => Err(format!(
+            "signing key {id}: the id of its public key is {own}"
+        )),
+    }
 }
 
 fn file_err(path: &Path, message: impl ToString) -> SigningError {
@@ -152,13 +161,7 @@ impl SigningKeys {
                     entries.push(Self::entry(seed(path, secret, &fe.id)?, fe.created_at));
                 }
                 (None, Some(public)) => {
-                    let public = public_key(&public)
-                        .and_then(|k| {
-                            (key_id(&k) == fe.id)
-                                .then_some(k)
-                                .ok_or_else(|| format!("key {} does not match its id", fe.id))
-                        })
-                        .map_err(|e| file_err(path, e))?;
+                    let public = public_key(&fe.id, &public).map_err(|e| file_err(path, e))?;
                     retired.push(Retired {
                         id: fe.id,
                         public,
@@ -368,15 +371,7 @@ impl SignatureVerifier {
     pub fn from_public(keys: &[PublicKeyInfo]) -> Result<Self, String> {
         let mut out = Vec::new();
         for k in keys {
-            let vk = public_key(&k.public_key).map_err(|e| format!("signing key {}: {e}", k.id))?;
-            let id = key_id(&vk);
-            if id != k.id {
-                return Err(format!(
-                    "signing key {}: the id of its public key is {id}",
-                    k.id
-                ));
-            }
-            out.push((id, vk));
+            out.push((k.id.clone(), public_key(&k.id, &k.public_key)?));
         }
         Ok(Self::new(out))
     }

@@ -407,12 +407,11 @@ impl FromRequestParts<AppState> for Auth {
         let key = presented_key(parts, state.allow_query_key);
         let ip = client_ip(parts, &state.trusted_proxies);
         let now = std::time::Instant::now();
+        // What the failed-authentication limit counts against (an IPv6 client's /64).
+        let block = ip.map(crate::limit::client_block);
         // A client that keeps presenting bad keys is slowed down before any lookup.
-        if let Some(ip) = ip
-            && let Some(wait) = state
-                .limits
-                .failed_auth
-                .blocked(&crate::limit::client_block(ip), now)
+        if let Some(block) = &block
+            && let Some(wait) = state.limits.failed_auth.blocked(block, now)
         {
             return Err(ApiError::rate_limited(
                 "too many failed authentication attempts from this address",
@@ -422,11 +421,8 @@ impl FromRequestParts<AppState> for Auth {
         let (caller, entry) = match state.service.authenticate(key.as_deref(), ip) {
             Ok(ok) => ok,
             Err(e) => {
-                if let (Some(ip), true) = (ip, key.is_some()) {
-                    let _ = state
-                        .limits
-                        .failed_auth
-                        .take(&crate::limit::client_block(ip), now);
+                if let (Some(block), true) = (&block, key.is_some()) {
+                    let _ = state.limits.failed_auth.take(block, now);
                 }
                 return Err(e.into());
             }

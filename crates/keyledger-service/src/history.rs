@@ -86,13 +86,11 @@ impl Service {
             .scan_raw(q.after, |seq, bytes| {
                 scanned += 1;
                 next_after = seq;
-                let keep = filtered.then(|| keyledger_store::log::decode_routing(bytes));
-                let keep = match keep.transpose()? {
-                    None => true,
-                    Some(r) => {
-                        account.as_ref().is_none_or(|a| *a == r.account)
-                            && q.event_type.as_ref().is_none_or(|t| *t == r.event_type)
-                    }
+                // Filters read only their fields; the whole envelope is built for kept events.
+                let keep = !filtered || {
+                    let r = keyledger_store::log::decode_routing(bytes)?;
+                    account.as_ref().is_none_or(|a| *a == r.account)
+                        && q.event_type.as_ref().is_none_or(|t| *t == r.event_type)
                 };
                 if keep {
                     out.push(keyledger_store::log::decode(bytes)?);

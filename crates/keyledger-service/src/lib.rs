@@ -117,17 +117,12 @@ pub fn open_log(config: &Config) -> Result<Log, OpenError> {
 
 /// Opens the existing log of a data dir without writing to it (see [`Log::open_read_only`]):
 /// for audits and exports, which must leave the file as it was. Without `need_keys`, a
-/// missing key file is no error (the log then holds a throwaway key that can never sign, as
-/// the log is read-only).
+/// missing key file is no error: the log then holds a placeholder key, which never signs, as a
+/// read-only log appends nothing.
 pub fn open_log_read_only(config: &Config, need_keys: bool) -> Result<Log, OpenError> {
     let keys = match signing_keys(config, false) {
         Err(OpenError::NoSigningKeys { .. }) if !need_keys => {
-            let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| OpenError::DataDir {
-                path: config.data_dir.display().to_string(),
-                message: format!("the OS random source failed: {e}"),
-            })?;
-            SigningKeys::ephemeral(seed, now())
+            SigningKeys::ephemeral([0; 32], now())
         }
         keys => keys?,
     };

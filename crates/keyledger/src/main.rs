@@ -285,19 +285,14 @@ fn run() -> anyhow::Result<()> {
         } => {
             let path = data.config().signing_key_path();
             let now = keyledger_service::now();
-            if !create && !path.exists() {
-                bail!(
-                    "no signing key file at {}: pass --signing-key-file (or \
-                     KEYLEDGER_SIGNING_KEY_FILE) if it lives elsewhere; --create starts a new one",
-                    path.display()
-                );
-            }
-            let info = if create && !path.exists() {
-                let keys = SigningKeys::create(&path, now)?;
-                eprintln!("created {} with a new key", path.display());
-                keys.public_keys().pop().expect("one key")
-            } else {
-                SigningKeys::rotate(&path, now)?
+            let info = match (path.exists(), create) {
+                (true, _) => SigningKeys::rotate(&path, now)?,
+                (false, true) => {
+                    let keys = SigningKeys::create(&path, now)?;
+                    eprintln!("created {} with a new key", path.display());
+                    keys.public_keys().pop().expect("one key")
+                }
+                (false, false) => return Err(no_key_file(&path, "--create starts a new one")),
             };
             println!("{}", serde_json::to_string(&info)?);
             Ok(())
@@ -315,11 +310,10 @@ fn run() -> anyhow::Result<()> {
             let keys = keyledger::tail::read_public_keys(&file)?;
             let path = data.config().signing_key_path();
             if !path.exists() {
-                bail!(
-                    "no signing key file at {}: pass --signing-key-file if it lives elsewhere, \
-                     or start one with `keyledger signing-key rotate --create` first",
-                    path.display()
-                );
+                return Err(no_key_file(
+                    &path,
+                    "`keyledger signing-key rotate --create` starts a new one first",
+                ));
             }
             let added = SigningKeys::import_public(&path, &keys)
                 .map_err(|e| anyhow!("importing {}: {e}", file.display()))?;
@@ -345,6 +339,15 @@ fn run() -> anyhow::Result<()> {
             command: EventsCommand::Tail(opts),
         } => rt.block_on(keyledger::tail::run(opts, &mut std::io::stdout())),
     }
+}
+
+/// A `signing-key` command found no key file at `path`; `remedy` says how to make one.
+fn no_key_file(path: &std::path::Path, remedy: &str) -> anyhow::Error {
+    anyhow!(
+        "no signing key file at {}: pass --signing-key-file (or KEYLEDGER_SIGNING_KEY_FILE) if \
+         it lives elsewhere; {remedy}",
+        path.display()
+    )
 }
 
 async fn serve(opts: ServeOptions) -> anyhow::Result<()> {

@@ -188,32 +188,37 @@ struct Keys {
 pub fn read_public_keys(path: &std::path::Path) -> anyhow::Result<Vec<PublicKeyInfo>> {
     let body =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let keys: Keys = serde_json::from_str(&body).with_context(|| {
+    parse_public_keys(&body, &path.display().to_string())
+}
+
+/// The public keys in `body` (from `source`), as `GET /v1/signing-key` answers.
+fn parse_public_keys(body: &str, source: &str) -> anyhow::Result<Vec<PublicKeyInfo>> {
+    let keys: Keys = serde_json::from_str(body).with_context(|| {
         format!(
-            "{}: not a list of public keys as `GET /v1/signing-key` or `keyledger signing-key \
-             list` print them",
-            path.display()
+            "{source}: not a list of public keys as `GET /v1/signing-key` or `keyledger \
+             signing-key list` print them"
         )
     })?;
     Ok(keys.keys)
 }
 
 async fn verifier(opts: &Options, client: &reqwest::Client) -> anyhow::Result<SignatureVerifier> {
-    if let Some(path) = &opts.signing_keys {
-        return SignatureVerifier::from_public(&read_public_keys(path)?)
-            .map_err(|e| anyhow::anyhow!(e));
-    }
-    let url = format!("{}/v1/signing-key", opts.url.trim_end_matches('/'));
-    let body = client
-        .get(&url)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("fetching {url}"))?
-        .text()
-        .await?;
-    let keys: Keys = serde_json::from_str(&body).context("parsing the signing keys")?;
-    SignatureVerifier::from_public(&keys.keys).map_err(|e| anyhow::anyhow!(e))
+    let keys = match &opts.signing_keys {
+        Some(path) => read_public_keys(path)?,
+        None => {
+            let url = format!("{}/v1/signing-key", opts.url.trim_end_matches('/'));
+            let body = client
+                .get(&url)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .with_context(|| format!("fetching {url}"))?
+                .text()
+                .await?;
+            parse_public_keys(&body, &url)?
+        }
+    };
+    SignatureVerifier::from_public(&keys).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Prints events and checks them; shared by both sources.

@@ -35,6 +35,14 @@ fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs a command that must fail; its stderr.
+fn refused(args: &[&str], data: &Path) -> String {
+    let out = keyledger(args, data);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+    stderr
+}
+
 /// A data dir with 4 events: three keys created, one revoked.
 fn populated() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -87,9 +95,7 @@ fn commands_that_read_a_log_refuse_a_data_dir_without_one() {
         &["keys", "list"],
         &["keys", "revoke", id],
     ] {
-        let out = keyledger(args, &missing);
-        assert!(!out.status.success(), "{args:?} succeeded");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused(args, &missing);
         assert!(stderr.contains("no keyledger log at"), "{args:?}: {stderr}");
         assert!(!missing.exists(), "{args:?} created {}", missing.display());
     }
@@ -101,9 +107,7 @@ fn commands_that_read_a_log_refuse_a_data_dir_without_one() {
 fn serve_refuses_zero_for_its_counts() {
     let dir = tempfile::tempdir().unwrap();
     for flag in ["--key-rate-limit", "--worker-threads"] {
-        let out = keyledger(&["serve", flag, "0"], dir.path());
-        assert!(!out.status.success(), "{flag}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused(&["serve", flag, "0"], dir.path());
         assert!(stderr.contains(flag), "{stderr}");
         assert!(stderr.contains("not in 1.."), "{stderr}");
     }
@@ -246,9 +250,7 @@ fn no_command_creates_a_signing_key_for_a_log_with_events() {
         &["keys", "list"],
         &["keys", "create", "--name", "four"],
     ] {
-        let out = keyledger(args, dir.path());
-        assert!(!out.status.success(), "{args:?} succeeded");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused(args, dir.path());
         assert!(
             stderr.contains("no signing key file at"),
             "{args:?}: {stderr}"
@@ -268,12 +270,8 @@ fn no_command_creates_a_signing_key_for_a_log_with_events() {
     assert!(audit.contains("4 events"), "{audit}");
 
     // Rotating a file that is not there says where it looked; `--create` starts one.
-    let out = keyledger(&["signing-key", "rotate"], dir.path());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("--create"),
-        "{stderr}"
-    );
+    let stderr = refused(&["signing-key", "rotate"], dir.path());
+    assert!(stderr.contains("--create"), "{stderr}");
     assert!(!default.exists());
     let created: Value = serde_json::from_str(&ok(keyledger(
         &["signing-key", "rotate", "--create"],
@@ -355,9 +353,7 @@ fn an_audit_of_a_log_that_needs_a_repair_refuses_it_and_changes_nothing() {
         dirty.path().join("signing-keys.json"),
     )
     .unwrap();
-    let out = keyledger(&["audit", "verify"], dirty.path());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused(&["audit", "verify"], dirty.path());
     assert!(stderr.contains("not closed cleanly"), "{stderr}");
     assert!(std::fs::read(log_path(dirty.path())).unwrap() == before);
     // One start of a writing command repairs it; the audit then passes.
@@ -380,9 +376,7 @@ fn offline_commands_on_a_served_data_dir_name_the_server() {
     let dir = populated();
     let served = serve(dir.path());
     for args in [&["audit", "verify"][..], &["keys", "list"]] {
-        let out = keyledger(args, dir.path());
-        assert!(!out.status.success(), "{args:?} succeeded");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused(args, dir.path());
         assert!(
             stderr.contains("is `keyledger serve` running"),
             "{args:?}: {stderr}"

@@ -463,3 +463,66 @@ fn a_key_cannot_change_a_key_holding_scopes_it_lacks() {
         s.shutdown();
     });
 }
+
+#[test]
+fn a_filtered_events_page_examines_at_most_ten_thousand_events_and_paging_misses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let s = Service::open(Config::new(dir.path())).unwrap();
+        let in_account = |name: &str, account: &str| CreateKey {
+            account: Some(account.into()),
+            ..named(name)
+        };
+        // Seq 1 and seq 12,002 are in account "a"; the 12,000 between are not.
+        s.create(&Actor::Cli, in_account("first", "a"), None)
+            .await
+            .unwrap();
+        for chunk in 0..48 {
+            let tasks: Vec<_> = (0..250)
+                .map(|i| {
+                    let s = s.clone();
+                    let key = in_account(&format!("b{chunk}-{i}"), "b");
+                    tokio::spawn(async move { s.create(&Actor::Cli, key, None).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+        }
+        s.create(&Actor::Cli, in_account("last", "a"), None)
+            .await
+            .unwrap();
+        assert_eq!(s.head(), 12_002);
+
+        let page = |after: u64| {
+            s.events(
+                &Actor::Cli,
+                keyledger_service::EventQuery {
+                    after,
+                    limit: 50,
+                    account: Some("a".into()),
+                    event_type: None,
+                },
+            )
+            .unwrap()
+        };
+        // The first page stops after 10,000 examined events, short of its limit.
+        let (events, next) = page(0);
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+        assert_eq!(next, 10_000);
+        // Following `next_after` until it comes back unchanged yields every match once.
+        let (mut seen, mut after) = (vec![1], next);
+        loop {
+            let (events, next) = page(after);
+            seen.extend(events.iter().map(|e| e.seq));
+            if next == after {
+                break;
+            }
+            after = next;
+        }
+        assert_eq!(seen, [1, 12_002]);
+        assert_eq!(after, 12_002);
+        s.shutdown();
+    });
+}

@@ -2,6 +2,7 @@
 //! answer 404 as if absent) and never grants scopes it does not hold (403).
 
 use keyledger_e2e::*;
+use reqwest::Method;
 
 /// An admin-made non-admin key in `acme` with read+write, and a key in `globex`.
 async fn tenants(h: &Harness) -> (String, Value, String) {
@@ -238,6 +239,52 @@ async fn non_admin_cannot_change_a_key_holding_scopes_it_lacks() {
     let k = h.get_key(&id_of(&gate)).await;
     assert_eq!(k["name"], "gate");
     assert_eq!(k["enabled"], true);
+}
+
+/// A stale `If-Match` is refused first, with 412, whoever asks: a non-admin key is not told
+/// 409 (revoked) or 403 (beyond its powers) where an admin key is told 412.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_if_match_answers_412_to_admin_and_non_admin_keys_alike() {
+    let h = Harness::start().await;
+    let (acme, _, _) = tenants(&h).await;
+    let (open, _) = h
+        .create_key(json!({ "name": "open", "account": "acme", "scopes": ["keys:read"] }))
+        .await;
+    let (gate, _) = h
+        .create_key(json!({ "name": "gate", "account": "acme", "scopes": ["keys:verify"] }))
+        .await;
+    let patch_at_version_7 = |key: &str, target: &Value| {
+        let path = format!("/v1/keys/{}", id_of(target));
+        let key = key.to_owned();
+        let h = &h;
+        async move {
+            let json = [("content-type", "application/json"), ("if-match", "\"7\"")];
+            h.send_raw(
+                Method::PATCH,
+                &path,
+                &key,
+                &json,
+                br#"{"name":"x"}"#.to_vec(),
+            )
+            .await
+        }
+    };
+    // Beyond the caller's powers (it lacks keys:verify): 412 before 403.
+    for caller in [&h.admin, &acme] {
+        patch_at_version_7(caller, &gate)
+            .await
+            .expect_error(412, "precondition_failed");
+    }
+    // Revoked: 412 before 409.
+    h.delete(&format!("/v1/keys/{}", id_of(&open)), &h.admin)
+        .await
+        .expect(204);
+    for caller in [&h.admin, &acme] {
+        patch_at_version_7(caller, &open)
+            .await
+            .expect_error(412, "precondition_failed");
+    }
+    assert_eq!(h.get_key(&id_of(&gate)).await["name"], "gate");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,17 +44,23 @@ pub enum DomainError {
     VersionMismatch { expected: u64, actual: u64 },
 }
 
+/// Refuses a command made against another version of the key (`If-Match`). It is the first
+/// check of [`decide`]; callers that refuse commands before it call it first too, so that a
+/// stale version answers the same to everyone.
+pub fn check_version(state: Option<&KeyState>, if_version: Option<u64>) -> Result<(), DomainError> {
+    match (if_version, state) {
+        (Some(expected), Some(s)) if expected != s.version => Err(DomainError::VersionMismatch {
+            expected,
+            actual: s.version,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Decides which events a command produces against the key's current state (`None`: no stream).
 /// An empty list means "nothing to do" (e.g. an update that changes nothing).
 pub fn decide(state: Option<&KeyState>, cmd: &Command) -> Result<Vec<Event>, DomainError> {
-    if let (Some(expected), Some(s)) = (cmd.if_version, state)
-        && expected != s.version
-    {
-        return Err(DomainError::VersionMismatch {
-            expected,
-            actual: s.version,
-        });
-    }
+    check_version(state, cmd.if_version)?;
     if let Action::Create(new) = &cmd.action {
         if state.is_some() {
             return Err(DomainError::AlreadyExists);

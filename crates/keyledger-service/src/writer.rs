@@ -375,8 +375,9 @@ impl Writer {
             });
         }
         if job.grace || job.bounds.is_some() {
-            // A missing or revoked key answers as it would to anyone, before any check that
-            // could tell it apart from another account's key.
+            // A missing, stale or revoked key answers as it would to anyone (and in that
+            // order), before any check that could tell it apart from another account's key.
+            keyledger_core::check_version(current, job.if_version)?;
             match (current, &job.action) {
                 (_, Action::Create(_)) => {}
                 (None, _) => return Err(ServiceError::NotFound),

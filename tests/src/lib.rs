@@ -68,6 +68,8 @@ pub struct Config {
     pub nats_url: Option<String>,
     /// Requests per second per API key.
     pub key_rate_limit: Option<u32>,
+    /// Keys (not revoked) per account.
+    pub max_keys_per_account: Option<usize>,
     /// A client must send its request head within this time.
     pub header_read_timeout: Option<Duration>,
     /// Connections one address may hold open.
@@ -83,6 +85,7 @@ impl Default for Config {
             bootstrap_key: Some(admin_key()),
             nats_url: None,
             key_rate_limit: None,
+            max_keys_per_account: None,
             header_read_timeout: None,
             max_connections_per_ip: None,
             trusted_proxies: Vec::new(),
@@ -158,6 +161,7 @@ impl Harness {
         opts.bootstrap_key = self.config.bootstrap_key.clone();
         opts.nats_url = self.config.nats_url.clone();
         opts.key_rate_limit = self.config.key_rate_limit;
+        opts.max_keys_per_account = self.config.max_keys_per_account;
         opts.trusted_proxies = self.config.trusted_proxies.clone();
         if let Some(t) = self.config.header_read_timeout {
             opts.limits.header_read_timeout = t;

@@ -169,6 +169,84 @@ async fn a_per_key_rate_limit_answers_429_to_that_key_only() {
     h.get("/v1/me", &other).await.expect(200);
 }
 
+/// `--max-keys-per-account`: one account's creates stop at the limit (revoked keys do not
+/// count, the admin is bound too, other accounts are not affected), across a restart, and
+/// concurrent creates do not overshoot it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_at_its_key_limit_gets_409_until_a_key_is_revoked() {
+    let mut h = Harness::start_with(Config {
+        max_keys_per_account: Some(3),
+        ..Config::default()
+    })
+    .await;
+    let (_, acme) = h
+        .create_key(json!({ "name": "acme ops", "account": "acme",
+                            "scopes": ["keys:read", "keys:write"] }))
+        .await;
+    let bodies: Vec<Value> = (0..6).map(|i| json!({ "name": format!("k{i}") })).collect();
+    let creates: Vec<_> = bodies
+        .iter()
+        .map(|b| h.post("/v1/keys", &acme, b))
+        .collect();
+    let statuses: Vec<u16> = futures_util::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        4,
+        "{statuses:?}"
+    );
+
+    let refused = h
+        .post(
+            "/v1/keys",
+            &h.admin,
+            &json!({ "name": "one more", "account": "acme" }),
+        )
+        .await;
+    refused.assert_absent("\"secret\"");
+    let e = refused.expect_error(409, "key_limit_reached");
+    assert!(
+        e["message"].as_str().unwrap().starts_with("account: acme"),
+        "{e}"
+    );
+    let list = h
+        .get("/v1/keys?account=acme", &h.admin)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(list["data"].as_array().unwrap().len(), 3);
+
+    // Other accounts have their own count.
+    h.create_key(json!({ "name": "globex svc", "account": "globex" }))
+        .await;
+
+    // A revoked key makes room; a restart keeps the count.
+    let victim = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] != "acme ops")
+        .unwrap();
+    h.delete(&format!("/v1/keys/{}", id_of(victim)), &acme)
+        .await
+        .expect(204);
+    h.restart().await;
+    h.post("/v1/keys", &acme, &json!({ "name": "k after" }))
+        .await
+        .expect(201);
+    h.post("/v1/keys", &acme, &json!({ "name": "k too many" }))
+        .await
+        .expect_error(409, "key_limit_reached");
+}
+
 fn raw(h: &Harness) -> TcpStream {
     let addr = h.base.strip_prefix("http://").unwrap();
     let s = TcpStream::connect(addr).unwrap();

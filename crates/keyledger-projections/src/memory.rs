@@ -182,6 +182,8 @@ pub struct ReadModel {
     pub(crate) names: Names,
     /// Account name → its number (in order of first appearance); rows hold the number.
     account_ids: HashMap<String, u32>,
+    /// Keys not revoked, per account number.
+    live_keys: Vec<u32>,
     /// The verification index: each key's entry placed by its current secret's hash (one
     /// lookup per verification), and by its rotated-away secret's hash while that one has a
     /// grace period. A slot holds only the pointer (9 bytes with its control byte, against 41
@@ -239,6 +241,12 @@ impl ReadModel {
         self.account_ids.get(account).copied()
     }
 
+    /// How many keys of `account` are not revoked (disabled and expired keys count).
+    pub fn live_keys(&self, account: &str) -> usize {
+        self.account_id(account)
+            .map_or(0, |a| self.live_keys[a as usize] as usize)
+    }
+
     /// Puts `entry` in its row (a new one for a new key) and updates the row's columns.
     fn store(&mut self, entry: Arc<KeyEntry>) {
         let s = &entry.state;
@@ -247,6 +255,7 @@ impl ReadModel {
             None => {
                 let a = self.account_ids.len() as u32;
                 self.account_ids.insert(s.account.clone(), a);
+                self.live_keys.push(0);
                 a
             }
         };
@@ -258,6 +267,16 @@ impl ReadModel {
             live: !s.is_deleted(),
             enabled: s.enabled,
         };
+        // A key's account never changes, so its count moves only with revocation.
+        let was_live = self
+            .slots
+            .get(&s.id)
+            .map(|&slot| self.rows[slot as usize].live);
+        match (was_live, row.live) {
+            (Some(true), false) => self.live_keys[account as usize] -= 1,
+            (None | Some(false), true) => self.live_keys[account as usize] += 1,
+            _ => {}
+        }
         match self.slots.get(&s.id) {
             Some(&slot) => {
                 let old = &self.entries[slot as usize].state;
@@ -590,6 +609,42 @@ pub(crate) mod tests {
         assert_eq!(find(&model, hash(2)), None);
         assert_eq!(model.current.len(), KEYS as usize);
         assert_eq!(model.rotating.len(), ROTATED as usize - 2);
+    }
+
+    #[test]
+    fn live_keys_are_counted_per_account_and_a_revocation_counts_once() {
+        let mut model = ReadModel::default();
+        let in_account = |n: u64, account: &str| KeyState {
+            account: account.into(),
+            ..state(n)
+        };
+        model.load(in_account(1, "acme"), None);
+        model.load(in_account(2, "acme"), None);
+        model.load(in_account(3, "globex"), None);
+        assert_eq!(model.live_keys("acme"), 2);
+        assert_eq!(model.live_keys("globex"), 1);
+        assert_eq!(model.live_keys("initech"), 0);
+
+        let disable = Event::Updated(keyledger_core::event::Updated {
+            enabled: Some(false),
+            ..Default::default()
+        });
+        model.apply_event(1, Uuid::from_u128(1), Timestamp(2), disable);
+        assert_eq!(model.live_keys("acme"), 2, "a disabled key still counts");
+        for seq in [2, 2] {
+            model.apply_event(
+                seq,
+                Uuid::from_u128(1),
+                Timestamp(3),
+                Event::Deleted(Default::default()),
+            );
+        }
+        assert_eq!(
+            model.live_keys("acme"),
+            1,
+            "revoked once, however often applied"
+        );
+        assert_eq!(model.live_keys("globex"), 1);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Machine-readable: `validation_failed`, `invalid_json`, `unauthorized`, `forbidden`,
-    /// `not_found`, `conflict`, `precondition_failed`, `payload_too_large`,
+    /// `not_found`, `conflict`, `key_limit_reached`, `precondition_failed`, `payload_too_large`,
     /// `unsupported_media_type`, `idempotency_key_reused`, `rate_limited`, `unavailable`, `internal`.
     pub code: String,
     pub message: String,
@@ -75,6 +75,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound => Self::not_found(),
             ServiceError::Deleted | ServiceError::Conflict(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            ServiceError::KeyLimit { .. } => {
+                Self::new(StatusCode::CONFLICT, "key_limit_reached", message)
             }
             ServiceError::VersionMismatch { .. } => Self::new(
                 StatusCode::PRECONDITION_FAILED,

@@ -46,6 +46,8 @@ fn with_etag<T: Serialize>(version: u64, body: T) -> impl IntoResponse {
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKeyRequest,
     responses((status = 201, body = KeyWithSecret), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "`key_limit_reached`: the account \
+               has as many keys as `--max-keys-per-account` allows"),
               (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
               (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]

@@ -64,6 +64,9 @@ pub struct Config {
     /// How often `last_used_at` stamps are persisted.
     pub last_used_flush: Duration,
     pub on_batch: Option<BatchObserver>,
+    /// Most keys (not revoked) one account may have; a create beyond is refused (409
+    /// `key_limit_reached`). `None`: no limit.
+    pub max_keys_per_account: Option<usize>,
 }
 
 impl Config {
@@ -74,6 +77,7 @@ impl Config {
             max_batch: 1024,
             last_used_flush: Duration::from_secs(1),
             on_batch: None,
+            max_keys_per_account: None,
         }
     }
 
@@ -275,6 +279,7 @@ impl Service {
             events: events.clone(),
             max_batch: config.max_batch.max(1),
             observer: config.on_batch.clone(),
+            max_keys_per_account: config.max_keys_per_account,
         };
         let writer_thread = std::thread::Builder::new()
             .name("keyledger-writer".into())

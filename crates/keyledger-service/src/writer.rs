@@ -90,6 +90,7 @@ pub(crate) struct Writer {
     pub events: broadcast::Sender<Arc<Envelope>>,
     pub max_batch: usize,
     pub observer: Option<BatchObserver>,
+    pub max_keys_per_account: Option<usize>,
 }
 
 struct Pending {
@@ -142,6 +143,8 @@ impl Writer {
         let mut pending: Vec<Pending> = Vec::with_capacity(jobs.len());
         // Idempotency keys of this batch -> (fingerprint, index in `pending`).
         let mut batch_keys: HashMap<String, (String, usize)> = HashMap::new();
+        // Keys this batch creates, per account (for the per-account limit).
+        let mut created: HashMap<String, usize> = HashMap::new();
         {
             let model = self.model.read();
             for job in jobs {
@@ -179,6 +182,12 @@ impl Writer {
                             (Action::Create(new), None) => new.account.clone(),
                             _ => unreachable!("decide refuses non-creates on absent keys"),
                         };
+                        if current.is_none()
+                            && let Err(e) = self.count_new_key(&model, &account, &mut created)
+                        {
+                            let _ = job.reply.send(Err(e));
+                            continue;
+                        }
                         let mut state = current.clone();
                         for e in &events {
                             state = Some(evolve(state, job.key_id, now, e));
@@ -355,6 +364,29 @@ impl Writer {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Counts a key created in `account` by this batch, unless the account already has
+    /// [`Writer::max_keys_per_account`] keys, counting those created earlier in the batch.
+    /// Revocations count once committed.
+    fn count_new_key(
+        &self,
+        model: &ReadModel,
+        account: &str,
+        created: &mut HashMap<String, usize>,
+    ) -> Result<(), ServiceError> {
+        let Some(limit) = self.max_keys_per_account else {
+            return Ok(());
+        };
+        let in_batch = created.entry(account.to_owned()).or_default();
+        if model.live_keys(account) + *in_batch >= limit {
+            return Err(ServiceError::KeyLimit {
+                account: account.to_owned(),
+                limit,
+            });
+        }
+        *in_batch += 1;
+        Ok(())
     }
 
     fn decide(

@@ -526,3 +526,45 @@ fn a_filtered_events_page_examines_at_most_ten_thousand_events_and_paging_misses
         s.shutdown();
     });
 }
+
+#[test]
+fn concurrent_creates_in_one_account_stop_exactly_at_its_key_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let batches: Arc<Mutex<Vec<BatchStats>>> = Arc::default();
+    let mut config = Config::new(dir.path());
+    config.max_keys_per_account = Some(10);
+    let sink = batches.clone();
+    config.on_batch = Some(Arc::new(move |b| sink.lock().unwrap().push(b)));
+    let rt = runtime();
+    rt.block_on(async {
+        let s = Service::open(config).unwrap();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let s = s.clone();
+                let key = CreateKey {
+                    account: Some("a".into()),
+                    ..named(&format!("k{i}"))
+                };
+                tokio::spawn(async move { s.create(&Actor::Cli, key, None).await })
+            })
+            .collect();
+        let mut refused = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => {}
+                Err(ServiceError::KeyLimit { account, limit }) => {
+                    assert_eq!((account.as_str(), limit), ("a", 10));
+                    refused += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(refused, 54);
+        assert_eq!(s.head(), 10);
+        s.shutdown();
+    });
+    assert!(
+        batches.lock().unwrap().iter().any(|b| b.commands > 1),
+        "no batch held more than one create: the in-batch count went untested"
+    );
+}

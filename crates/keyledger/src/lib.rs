@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Requests per second each API key may make; `None`: unlimited.
     pub key_rate_limit: Option<u32>,
+    /// Most keys (not revoked) per account; `None`: unlimited.
+    pub max_keys_per_account: Option<usize>,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Connection-level limits (header read timeout, connection cap).
@@ -63,6 +65,7 @@ impl ServeOptions {
             nats_url: None,
             tls: None,
             key_rate_limit: None,
+            max_keys_per_account: None,
             trusted_proxies: Vec::new(),
             limits: Limits::default(),
         }
@@ -111,6 +114,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::default());
     let mut config = Config::new(&opts.data_dir);
     config.signing_key_file = opts.signing_key_file.clone();
+    config.max_keys_per_account = opts.max_keys_per_account;
     let observer = metrics.clone();
     config.on_batch = Some(Arc::new(move |s| observer.batch(s)));
     // A new data dir's bootstrap key is checked before anything is created, so that a typo
@@ -135,7 +139,8 @@ fn bootstrap_preset(key: &str) -> anyhow::Result<Secret> {
 }
 
 /// Serves an already opened service (e.g. one on a fault-injecting storage backend in tests).
-/// `opts.data_dir` and `opts.signing_key_file` are not used.
+/// `opts.data_dir`, `opts.signing_key_file` and `opts.max_keys_per_account` are not used (they
+/// are the service's [`Config`]).
 pub async fn start_with(
     service: Service,
     metrics: Arc<Metrics>,

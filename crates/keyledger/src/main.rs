@@ -93,6 +93,11 @@ enum Command {
         #[arg(long, env = "KEYLEDGER_KEY_RATE_LIMIT",
               value_parser = clap::value_parser!(u32).range(1..))]
         key_rate_limit: Option<u32>,
+        /// Most keys one account may have (revoked keys do not count); a create beyond is 409
+        /// `key_limit_reached`. Leave it out for no limit.
+        #[arg(long, env = "KEYLEDGER_MAX_KEYS_PER_ACCOUNT",
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_keys_per_account: Option<u32>,
         /// A reverse proxy (address or CIDR; repeat or separate with commas) whose
         /// `X-Forwarded-For` names the client, for the failed-authentication limit and keys'
         /// allowed IPs. Without it the header is ignored.
@@ -261,6 +266,7 @@ fn run() -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             key_rate_limit,
+            max_keys_per_account,
             trusted_proxies,
             worker_threads: _,
         } => rt.block_on(serve(ServeOptions {
@@ -272,6 +278,7 @@ fn run() -> anyhow::Result<()> {
             nats_url,
             tls: tls_cert.zip(tls_key),
             key_rate_limit,
+            max_keys_per_account: max_keys_per_account.map(|n| n as usize),
             trusted_proxies,
             limits: keyledger_server::Limits::default(),
         })),

@@ -28,6 +28,38 @@ fn named(name: &str) -> CreateKey {
     }
 }
 
+/// A key named `name` in `account`.
+fn in_account(name: &str, account: &str) -> CreateKey {
+    CreateKey {
+        account: Some(account.into()),
+        ..named(name)
+    }
+}
+
+/// Sends all `keys` to the writer at once; their results in order.
+async fn create_at_once(s: &Service, keys: Vec<CreateKey>) -> Vec<Result<(), ServiceError>> {
+    let tasks: Vec<_> = keys
+        .into_iter()
+        .map(|key| {
+            let s = s.clone();
+            tokio::spawn(async move { s.create(&Actor::Cli, key, None).await.map(drop) })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    results
+}
+
+/// Makes `config` record every committed batch.
+fn record_batches(config: &mut Config) -> Arc<Mutex<Vec<BatchStats>>> {
+    let batches: Arc<Mutex<Vec<BatchStats>>> = Arc::default();
+    let sink = batches.clone();
+    config.on_batch = Some(Arc::new(move |b| sink.lock().unwrap().push(b)));
+    batches
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Create(String),
@@ -284,23 +316,14 @@ fn a_failed_last_used_flush_is_retried_and_does_not_fail_the_next_command() {
 #[test]
 fn concurrent_commands_share_write_transactions() {
     let dir = tempfile::tempdir().unwrap();
-    let batches: Arc<Mutex<Vec<BatchStats>>> = Arc::default();
     let mut config = Config::new(dir.path());
-    let sink = batches.clone();
-    config.on_batch = Some(Arc::new(move |b| sink.lock().unwrap().push(b)));
+    let batches = record_batches(&mut config);
     let rt = runtime();
     rt.block_on(async {
         let s = Service::open(config).unwrap();
-        let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let s = s.clone();
-                tokio::spawn(
-                    async move { s.create(&Actor::Cli, named(&format!("k{i}")), None).await },
-                )
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap().unwrap();
+        let keys = (0..64).map(|i| named(&format!("k{i}"))).collect();
+        for r in create_at_once(&s, keys).await {
+            r.unwrap();
         }
         assert_eq!(s.head(), 64);
         s.shutdown();
@@ -470,24 +493,14 @@ fn a_filtered_events_page_examines_at_most_ten_thousand_events_and_paging_misses
     let rt = runtime();
     rt.block_on(async {
         let s = Service::open(Config::new(dir.path())).unwrap();
-        let in_account = |name: &str, account: &str| CreateKey {
-            account: Some(account.into()),
-            ..named(name)
-        };
         // Seq 1 and seq 12,002 are in account "a"; the 12,000 between are not.
         s.create(&Actor::Cli, in_account("first", "a"), None)
             .await
             .unwrap();
         for chunk in 0..48 {
-            let tasks: Vec<_> = (0..250)
-                .map(|i| {
-                    let s = s.clone();
-                    let key = in_account(&format!("b{chunk}-{i}"), "b");
-                    tokio::spawn(async move { s.create(&Actor::Cli, key, None).await })
-                })
-                .collect();
-            for t in tasks {
-                t.await.unwrap().unwrap();
+            let keys = (0..250).map(|i| in_account(&format!("b{chunk}-{i}"), "b"));
+            for r in create_at_once(&s, keys.collect()).await {
+                r.unwrap();
             }
         }
         s.create(&Actor::Cli, in_account("last", "a"), None)
@@ -530,28 +543,17 @@ fn a_filtered_events_page_examines_at_most_ten_thousand_events_and_paging_misses
 #[test]
 fn concurrent_creates_in_one_account_stop_exactly_at_its_key_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let batches: Arc<Mutex<Vec<BatchStats>>> = Arc::default();
     let mut config = Config::new(dir.path());
     config.max_keys_per_account = Some(10);
-    let sink = batches.clone();
-    config.on_batch = Some(Arc::new(move |b| sink.lock().unwrap().push(b)));
+    let batches = record_batches(&mut config);
     let rt = runtime();
     rt.block_on(async {
         let s = Service::open(config).unwrap();
-        let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let s = s.clone();
-                let key = CreateKey {
-                    account: Some("a".into()),
-                    ..named(&format!("k{i}"))
-                };
-                tokio::spawn(async move { s.create(&Actor::Cli, key, None).await })
-            })
-            .collect();
+        let keys = (0..64).map(|i| in_account(&format!("k{i}"), "a")).collect();
         let mut refused = 0;
-        for t in tasks {
-            match t.await.unwrap() {
-                Ok(_) => {}
+        for r in create_at_once(&s, keys).await {
+            match r {
+                Ok(()) => {}
                 Err(ServiceError::KeyLimit { account, limit }) => {
                     assert_eq!((account.as_str(), limit), ("a", 10));
                     refused += 1;

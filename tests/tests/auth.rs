@@ -352,3 +352,66 @@ async fn a_malformed_bootstrap_key_is_ignored_once_the_log_has_events() {
     assert_eq!(me.status(), 200, "the first admin key still works");
     server.shutdown().await;
 }
+
+/// Requests of a key that is revoked while they wait for the writer are judged at commit: none
+/// of them is written after the revocation, so the log never shows a key acting once revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_while_its_requests_wait_writes_nothing_after_its_revocation() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let h = Harness::start().await;
+    let (k, secret) = h
+        .create_key(json!({ "name": "k", "scopes": ["keys:read", "keys:write"] }))
+        .await;
+    let (t, _) = h.create_key(json!({ "name": "t", "scopes": [] })).await;
+    let target = format!("/v1/keys/{}", id_of(&t));
+    let written = AtomicUsize::new(0);
+    let writers = (0..8).map(|w| {
+        let (h, target, secret, written) = (&h, &target, &secret, &written);
+        async move {
+            for i in 0..500 {
+                let body = json!({ "name": format!("w{w} {i}") });
+                match h.patch(target, secret, &body).await.status {
+                    200 => written.fetch_add(1, Ordering::Relaxed),
+                    401 => return,
+                    other => panic!("{other}"),
+                };
+            }
+            panic!("the key still wrote 500 times");
+        }
+    });
+    let revoke = async {
+        while written.load(Ordering::Relaxed) < 40 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        h.delete(&format!("/v1/keys/{}", id_of(&k)), &h.admin)
+            .await
+            .expect(204);
+    };
+    tokio::join!(futures_util::future::join_all(writers), revoke);
+
+    let log = h
+        .get("/v1/events?limit=1000", &h.admin)
+        .await
+        .expect(200)
+        .json();
+    let events = log["data"].as_array().unwrap();
+    let revoked_at = events
+        .iter()
+        .find(|e| e["type"] == "key.deleted" && e["key_id"] == k["id"])
+        .expect("the revocation")["seq"]
+        .as_u64()
+        .unwrap();
+    let by_k: Vec<u64> = events
+        .iter()
+        .filter(|e| e["actor"] == k["id"])
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(by_k.len() >= 40, "{}", by_k.len());
+    assert!(
+        by_k.iter().all(|seq| *seq < revoked_at),
+        "events by the key after its revocation at seq {revoked_at}: {:?}",
+        by_k.iter()
+            .filter(|seq| **seq > revoked_at)
+            .collect::<Vec<_>>()
+    );
+}

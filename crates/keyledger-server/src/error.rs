@@ -85,6 +85,9 @@ impl From<ServiceError> for ApiError {
                 message,
             ),
             ServiceError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            ServiceError::CallerInvalid(_) => {
+                Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+            }
             ServiceError::IdempotencyMismatch => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",

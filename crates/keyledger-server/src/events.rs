@@ -2,7 +2,7 @@
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Auth, Credential, NoQuery, QueryParams};
+use crate::extract::{Auth, NoQuery, QueryParams};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -149,7 +149,6 @@ pub struct StreamParams {
 pub async fn stream_events(
     State(st): State<AppState>,
     auth: Auth,
-    credential: Credential,
     headers: HeaderMap,
     QueryParams(p): QueryParams<StreamParams>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -177,7 +176,6 @@ pub async fn stream_events(
         account,
         event_type: p.event_type,
         shutdown: st.shutdown.clone(),
-        credential,
         caller: auth.caller,
     };
     let stream =
@@ -199,7 +197,7 @@ struct Tail {
     account: Option<String>,
     event_type: Option<String>,
     shutdown: watch::Receiver<bool>,
-    credential: Credential,
+    /// The key as it authenticated, with its credential (the secret's hash, never the secret).
     caller: Caller,
 }
 
@@ -219,7 +217,10 @@ impl Tail {
         if env.key_id != self.caller.key_id {
             return true;
         }
-        let Some(entry) = self.credential.still_authenticates(&self.service) else {
+        let Some(entry) = self.caller.credential.as_ref().and_then(|c| {
+            self.service
+                .still_authenticates(&c.hash, c.ip, keyledger_service::now())
+        }) else {
             return false;
         };
         // A catching-up stream reads the log, which may hold an envelope the key table has

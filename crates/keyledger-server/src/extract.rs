@@ -439,36 +439,6 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
-/// The credential a request presented, kept by a response that outlives it (the event stream)
-/// to check, while it runs, that the key still authenticates. Only the secret's hash is kept.
-pub struct Credential {
-    hash: Option<keyledger_core::SecretHash>,
-    ip: Option<IpAddr>,
-}
-
-impl FromRequestParts<AppState> for Credential {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Ok(Credential {
-            hash: presented_key(parts, state.allow_query_key)
-                .map(|k| keyledger_core::SecretHash::of(&k)),
-            ip: client_ip(parts, &state.trusted_proxies),
-        })
-    }
-}
-
-impl Credential {
-    /// The key's current entry while it would still authenticate now (not revoked, disabled,
-    /// expired, rotated away or outside its allowed IPs); a check records no use.
-    pub fn still_authenticates(
-        &self,
-        service: &keyledger_service::Service,
-    ) -> Option<Arc<KeyEntry>> {
-        service.still_authenticates(self.hash.as_ref()?, self.ip, keyledger_service::now())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,9 @@
 //! Who is calling, and what they may do.
 
-use crate::ServiceError;
+use crate::{ServiceError, VerifyCode};
 use keyledger_core::model::parse_net;
-use keyledger_core::{Action, KeyState, Timestamp};
+use keyledger_core::{Action, KeyState, SecretHash, Timestamp};
+use std::net::IpAddr;
 use uuid::Uuid;
 
 pub const SCOPE_READ: &str = "keys:read";
@@ -48,21 +49,9 @@ impl Actor {
     /// What a non-admin key may do to keys; `None` for admins, the system and the CLI.
     pub fn bounds(&self) -> Option<Bounds> {
         match self {
-            Actor::Key(c) if !c.is_admin() => Some(Bounds {
-                scopes: c.scopes.clone(),
-                allowed_ips: c.allowed_ips.clone(),
-                expires_at: c.expires_at,
-            }),
+            Actor::Key(c) => c.bounds(),
             _ => None,
         }
-    }
-
-    /// Whether the actor is a secret rotated away, in its grace period: it may go on reading
-    /// and verifying, but not change keys, or whoever holds only the old secret (after a
-    /// leak, say) could lock out the holder of the new one, directly or through a key it
-    /// creates.
-    pub fn is_grace_secret(&self) -> bool {
-        matches!(self, Actor::Key(c) if c.rotating)
     }
 
     /// Whether the actor can see a key (keys of other accounts are invisible, as if absent).
@@ -83,8 +72,21 @@ pub struct Caller {
     /// The key's own limits, which bound what it may set on keys (see [`Bounds::check`]).
     pub allowed_ips: Vec<ipnet::IpNet>,
     pub expires_at: Option<Timestamp>,
-    /// Authenticated by the previous secret, inside its grace period.
+    /// Authenticated by the previous secret, inside its grace period: it may go on reading and
+    /// verifying, but not change keys, or whoever holds only the old secret (after a leak, say)
+    /// could lock out the holder of the new one, directly or through a key it creates.
     pub rotating: bool,
+    /// How it authenticated, to check again when its command commits; `None` for a caller made
+    /// from a key's state alone.
+    pub credential: Option<Credential>,
+}
+
+/// What a calling key presented, kept to ask again later whether it still authenticates: its
+/// secret's hash (never the secret) and the client's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub hash: SecretHash,
+    pub ip: Option<IpAddr>,
 }
 
 impl Caller {
@@ -96,7 +98,58 @@ impl Caller {
             allowed_ips: s.allowed_ips.clone(),
             expires_at: s.expires_at,
             rotating: false,
+            credential: None,
         }
+    }
+
+    /// The calling key as it stands when its command commits, `state` being the key's state
+    /// then: between authentication and commit it may have been revoked, disabled, narrowed or
+    /// rotated away (by a command of the same batch, say). The checks are authentication's, in
+    /// its order; without a credential, only the key's own standing is checked.
+    pub(crate) fn at_commit(
+        &self,
+        state: Option<&KeyState>,
+        now: Timestamp,
+    ) -> Result<Caller, ServiceError> {
+        let invalid = |code| Err(ServiceError::CallerInvalid(code));
+        let Some(s) = state else {
+            return invalid(VerifyCode::NotFound);
+        };
+        let in_grace = |hash: &SecretHash| {
+            s.previous
+                .as_ref()
+                .is_some_and(|p| p.secret_hash == *hash && p.until > now)
+        };
+        let rotating = match &self.credential {
+            None => self.rotating,
+            Some(c) if c.hash == s.secret_hash => false,
+            Some(c) if in_grace(&c.hash) => true,
+            Some(_) => return invalid(VerifyCode::NotFound),
+        };
+        if s.is_deleted() {
+            invalid(VerifyCode::Revoked)
+        } else if !s.enabled {
+            invalid(VerifyCode::Disabled)
+        } else if s.is_expired_at(now) {
+            invalid(VerifyCode::Expired)
+        } else if self.credential.as_ref().is_some_and(|c| !s.allows_ip(c.ip)) {
+            invalid(VerifyCode::ForbiddenIp)
+        } else {
+            Ok(Caller {
+                rotating,
+                credential: self.credential.clone(),
+                ..Caller::from_state(s)
+            })
+        }
+    }
+
+    /// What a non-admin key may do to keys; `None` for an admin.
+    pub fn bounds(&self) -> Option<Bounds> {
+        (!self.is_admin()).then(|| Bounds {
+            scopes: self.scopes.clone(),
+            allowed_ips: self.allowed_ips.clone(),
+            expires_at: self.expires_at,
+        })
     }
 
     pub fn is_admin(&self) -> bool {

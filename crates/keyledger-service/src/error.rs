@@ -30,6 +30,10 @@ pub enum ServiceError {
     /// The `Idempotency-Key` was used within 24 h for a different request (422).
     #[error("Idempotency-Key: already used for a different request")]
     IdempotencyMismatch,
+    /// The calling key no longer authenticated when its command was to commit: it was revoked,
+    /// disabled, rotated away, … after the request was authenticated (401).
+    #[error("invalid API key ({0}) by the time the request was to commit")]
+    CallerInvalid(crate::VerifyCode),
     /// Storage failed or the service is shutting down (503); nothing was written.
     #[error("{0}")]
     Unavailable(String),

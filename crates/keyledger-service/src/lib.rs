@@ -20,7 +20,8 @@ pub mod outbox;
 pub mod writer;
 
 pub use caller::{
-    Actor, Bounds, Caller, SCOPE_ADMIN, SCOPE_EVENTS, SCOPE_READ, SCOPE_VERIFY, SCOPE_WRITE,
+    Actor, Bounds, Caller, Credential, SCOPE_ADMIN, SCOPE_EVENTS, SCOPE_READ, SCOPE_VERIFY,
+    SCOPE_WRITE,
 };
 pub use error::{AuthError, ServiceError};
 pub use history::{AsOf, EventQuery};
@@ -384,9 +385,10 @@ impl Service {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             key_id,
-            account_limit: actor.account_limit().map(str::to_owned),
-            bounds: actor.bounds(),
-            grace: actor.is_grace_secret(),
+            caller: match actor {
+                Actor::Key(c) => Some(c.clone()),
+                _ => None,
+            },
             if_version,
             action,
             actor: actor.name(),
@@ -652,11 +654,21 @@ impl Service {
         remote_ip: Option<IpAddr>,
     ) -> Result<(Caller, Arc<KeyEntry>), AuthError> {
         let presented = presented.ok_or(AuthError::Missing)?;
-        let v = self.verify(presented, &[], remote_ip, now());
+        if check_format(presented).is_err() {
+            return Err(AuthError::Invalid(VerifyCode::NotFound));
+        }
+        let hash = SecretHash::of(presented);
+        let v = self.verify_hash(None, &hash, &[], remote_ip, now(), true);
         match (v.code, v.entry) {
             (VerifyCode::Valid, Some(entry)) => {
-                let mut caller = Caller::from_state(&entry.state);
-                caller.rotating = v.rotating;
+                let caller = Caller {
+                    rotating: v.rotating,
+                    credential: Some(Credential {
+                        hash,
+                        ip: remote_ip,
+                    }),
+                    ..Caller::from_state(&entry.state)
+                };
                 Ok((caller, entry))
             }
             (code, _) => Err(AuthError::Invalid(code)),

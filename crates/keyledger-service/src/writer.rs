@@ -5,8 +5,7 @@
 //! Batches adapt to load by themselves: while one batch commits, the next accumulates. A lone
 //! command is never held back waiting for company.
 
-use crate::caller::Bounds;
-use crate::{ServiceError, now};
+use crate::{Caller, SCOPE_WRITE, ServiceError, now};
 use keyledger_core::{Action, Command, KeyState, decide, evolve};
 use keyledger_projections::{KeyEntry, KeyTableProjector, ReadModel};
 use keyledger_store::{AppendError, AppendRequest, Envelope, IdempotencyRecord, Log};
@@ -39,12 +38,11 @@ pub const IDEMPOTENCY_TTL_SECONDS: i64 = 24 * 3600;
 
 pub(crate) struct Job {
     pub key_id: Uuid,
-    pub account_limit: Option<String>,
-    /// What a non-admin calling key may do (see [`Bounds::check`]): without it, a key could
-    /// take over a more powerful key (e.g. reset an admin key) or lift its own limits.
-    pub bounds: Option<Bounds>,
-    /// The caller is a secret in its grace period: it may read and verify, not change keys.
-    pub grace: bool,
+    /// The calling key as it authenticated; `None` for the system and the CLI. It is checked
+    /// again at commit ([`Caller::at_commit`]), and its powers there bound the command: its
+    /// account, and for a non-admin key its [`crate::Bounds`] (without them a key could take
+    /// over a more powerful key, e.g. reset an admin key, or lift its own limits).
+    pub caller: Option<Caller>,
     pub if_version: Option<u64>,
     pub action: Action,
     pub actor: String,
@@ -148,6 +146,19 @@ impl Writer {
         {
             let model = self.model.read();
             for job in jobs {
+                let state_of =
+                    |id: &Uuid| overlay.get(id).or_else(|| model.get(id).map(|e| &e.state));
+                // The calling key as it stands now, after the commands before this one.
+                let caller = match &job.caller {
+                    Some(c) => match c.at_commit(state_of(&c.key_id), now) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            let _ = job.reply.send(Err(e));
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let scoped = job.scoped_idempotency_key();
                 if let Some(scoped) = &scoped {
                     match self.idempotent_outcome(&job, scoped, &batch_keys, now) {
@@ -164,11 +175,8 @@ impl Writer {
                 }
                 let fingerprint = job.idempotency.as_ref().map(|i| i.fingerprint.clone());
                 let before = pending.len();
-                let current = overlay
-                    .get(&job.key_id)
-                    .cloned()
-                    .or_else(|| model.get(&job.key_id).map(|e| e.state.clone()));
-                match self.decide(&job, current.as_ref(), now) {
+                let current = state_of(&job.key_id).cloned();
+                match self.decide(&job, caller.as_ref(), current.as_ref(), now) {
                     Err(e) => {
                         let _ = job.reply.send(Err(e));
                     }
@@ -389,14 +397,27 @@ impl Writer {
         Ok(())
     }
 
+    /// Decides `job` for `caller` (as it stands at commit) against the key's `current` state.
     fn decide(
         &self,
         job: &Job,
+        caller: Option<&Caller>,
         current: Option<&KeyState>,
         now: keyledger_core::Timestamp,
     ) -> Result<Vec<keyledger_core::Event>, ServiceError> {
-        if let (Some(limit), Some(s)) = (&job.account_limit, current)
-            && *limit != s.account
+        if let Some(c) = caller {
+            c.require(SCOPE_WRITE)?;
+        }
+        let account_limit = caller.and_then(Caller::account_limit);
+        if let (Some(limit), Action::Create(new)) = (account_limit, &job.action)
+            && new.account != limit
+        {
+            return Err(ServiceError::Forbidden(
+                "account: a non-admin key creates keys only in its own account".into(),
+            ));
+        }
+        if let (Some(limit), Some(s)) = (account_limit, current)
+            && limit != s.account
         {
             // Another account's key answers as if absent; a create of its id as a conflict.
             return Err(match job.action {
@@ -406,7 +427,9 @@ impl Writer {
                 _ => ServiceError::NotFound,
             });
         }
-        if job.grace || job.bounds.is_some() {
+        let grace = caller.is_some_and(|c| c.rotating);
+        let bounds = caller.and_then(Caller::bounds);
+        if grace || bounds.is_some() {
             // A missing, stale or revoked key answers as it would to anyone (and in that
             // order), before any check that could tell it apart from another account's key.
             keyledger_core::check_version(current, job.if_version)?;
@@ -417,14 +440,14 @@ impl Writer {
                 _ => {}
             }
         }
-        if job.grace {
+        if grace {
             return Err(ServiceError::Forbidden(
                 "the calling secret was rotated away (it is in its grace period): it may read \
                  and verify, but changing keys needs the current secret"
                     .into(),
             ));
         }
-        if let Some(bounds) = &job.bounds {
+        if let Some(bounds) = &bounds {
             bounds.check(&job.action, current)?;
         }
         let cmd = Command {

@@ -487,6 +487,106 @@ fn a_key_cannot_change_a_key_holding_scopes_it_lacks() {
     });
 }
 
+/// A request authenticates when it arrives and commits later, after whatever the commands
+/// queued before it did to its key: the key's standing and powers at commit are what count.
+/// Otherwise a key revoked (or disabled, rotated away, narrowed) while its request waited could
+/// still write, and the log would show it acting after its revocation.
+#[test]
+fn a_calling_key_is_judged_as_it_stands_at_commit_not_as_it_authenticated() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let s = Service::open(Config::new(dir.path())).unwrap();
+        let writer = CreateKey {
+            scopes: vec!["keys:read".into(), "keys:write".into()],
+            ..named("w")
+        };
+        let (w, secret) = s.create(&Actor::Cli, writer, None).await.unwrap();
+        let w = w.entry.state.id;
+        let (target, _) = s.create(&Actor::Cli, named("t"), None).await.unwrap();
+        let target = target.entry.state.id;
+        let as_authenticated = |secret: &keyledger_core::Secret| {
+            Actor::Key(s.authenticate(Some(secret.expose()), None).unwrap().0)
+        };
+        let rename = |name: &str| KeyPatch {
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        let admin_patch = |patch: KeyPatch| s.update(&Actor::Cli, w, patch, None, None);
+        let caller = as_authenticated(secret.as_ref().unwrap());
+        s.update(&caller, target, rename("t1"), None, None)
+            .await
+            .unwrap();
+
+        // Narrowed to keys:read since: 403.
+        admin_patch(KeyPatch {
+            scopes: Some(vec!["keys:read".into()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let r = s.update(&caller, target, rename("t2"), None, None).await;
+        assert!(matches!(r, Err(ServiceError::Forbidden(_))), "{r:?}");
+        admin_patch(KeyPatch {
+            scopes: Some(vec!["keys:read".into(), "keys:write".into()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+        // Disabled since: 401 DISABLED.
+        admin_patch(KeyPatch {
+            enabled: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let r = s.update(&caller, target, rename("t3"), None, None).await;
+        assert_eq!(
+            r.unwrap_err(),
+            ServiceError::CallerInvalid(VerifyCode::Disabled)
+        );
+        admin_patch(KeyPatch {
+            enabled: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+        // Rotated with a grace period since: its secret may no longer change keys (403).
+        let (_, new_secret) = s.reset(&Actor::Cli, w, 60, None, None).await.unwrap();
+        let r = s.update(&caller, target, rename("t4"), None, None).await;
+        assert!(matches!(r, Err(ServiceError::Forbidden(_))), "{r:?}");
+        // Rotated again, without one: its secret is unknown (401 NOT_FOUND).
+        let caller = as_authenticated(new_secret.as_ref().unwrap());
+        s.reset(&Actor::Cli, w, 0, None, None).await.unwrap();
+        let r = s.delete(&caller, target, None, None).await;
+        assert_eq!(
+            r.unwrap_err(),
+            ServiceError::CallerInvalid(VerifyCode::NotFound)
+        );
+
+        // Revoked since: 401 REVOKED, also for a create.
+        let (_, last_secret) = s.reset(&Actor::Cli, w, 0, None, None).await.unwrap();
+        let caller = as_authenticated(last_secret.as_ref().unwrap());
+        s.delete(&Actor::Cli, w, None, None).await.unwrap();
+        let r = s.create(&caller, named("after"), None).await.map(drop);
+        assert_eq!(
+            r.unwrap_err(),
+            ServiceError::CallerInvalid(VerifyCode::Revoked)
+        );
+
+        let t = s.get(&Actor::Cli, target).unwrap();
+        assert_eq!((t.state.name.as_str(), t.state.version), ("t1", 2));
+        assert_eq!(
+            s.key_count(),
+            2,
+            "w (revoked) and the target: nothing was created"
+        );
+        s.shutdown();
+    });
+}
+
 #[test]
 fn a_filtered_events_page_examines_at_most_ten_thousand_events_and_paging_misses_none() {
     let dir = tempfile::tempdir().unwrap();

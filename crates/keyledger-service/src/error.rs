@@ -15,12 +15,17 @@ pub enum ServiceError {
     /// The key id is taken, or a concurrent write won (409).
     #[error("{0}")]
     Conflict(String),
-    /// The account has as many keys (not revoked) as the server allows one account (409).
+    /// The account has as many keys (not revoked) as the server allows one account, or more
+    /// (the limit was lowered, or the offline CLI created keys) (409).
     #[error(
-        "account: {account} already has {limit} keys that are not revoked, the most this server \
-         allows one account; revoke one first"
+        "account: {account} has {count} keys that are not revoked, and this server allows at \
+         most {limit} per account; revoke keys to make room"
     )]
-    KeyLimit { account: String, limit: usize },
+    KeyLimit {
+        account: String,
+        count: usize,
+        limit: usize,
+    },
     /// `If-Match` did not match the key's version (412).
     #[error("version mismatch: expected {expected}, the key is at {actual}")]
     VersionMismatch { expected: u64, actual: u64 },

@@ -387,9 +387,11 @@ impl Writer {
             return Ok(());
         };
         let in_batch = created.entry(account.to_owned()).or_default();
-        if model.live_keys(account) + *in_batch >= limit {
+        let count = model.live_keys(account) + *in_batch;
+        if count >= limit {
             return Err(ServiceError::KeyLimit {
                 account: account.to_owned(),
+                count,
                 limit,
             });
         }

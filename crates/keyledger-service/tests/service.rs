@@ -654,8 +654,12 @@ fn concurrent_creates_in_one_account_stop_exactly_at_its_key_limit() {
         for r in create_at_once(&s, keys).await {
             match r {
                 Ok(()) => {}
-                Err(ServiceError::KeyLimit { account, limit }) => {
-                    assert_eq!((account.as_str(), limit), ("a", 10));
+                Err(ServiceError::KeyLimit {
+                    account,
+                    count,
+                    limit,
+                }) => {
+                    assert_eq!((account.as_str(), count, limit), ("a", 10, 10));
                     refused += 1;
                 }
                 Err(e) => panic!("{e}"),

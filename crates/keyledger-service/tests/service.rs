@@ -553,6 +553,53 @@ fn a_calling_key_is_judged_as_it_stands_at_commit_not_as_it_authenticated() {
         .await
         .unwrap();
 
+        // Its allowed IPs no longer admit the client (127.0.0.1) since: 401 FORBIDDEN_IP.
+        let local = Some("127.0.0.1".parse().unwrap());
+        let from_local = Actor::Key(
+            s.authenticate(Some(secret.as_ref().unwrap().expose()), local)
+                .unwrap()
+                .0,
+        );
+        admin_patch(KeyPatch {
+            allowed_ips: Some(vec!["10.0.0.0/8".into()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let r = s
+            .update(&from_local, target, rename("t3"), None, None)
+            .await;
+        assert_eq!(
+            r.unwrap_err(),
+            ServiceError::CallerInvalid(VerifyCode::ForbiddenIp)
+        );
+        admin_patch(KeyPatch {
+            allowed_ips: Some(vec![]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+        // Expired since: 401 EXPIRED.
+        admin_patch(KeyPatch {
+            expires_at: Some(Some(Timestamp(now().millis() + 50))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let r = s.update(&caller, target, rename("t3"), None, None).await;
+        assert_eq!(
+            r.unwrap_err(),
+            ServiceError::CallerInvalid(VerifyCode::Expired)
+        );
+        admin_patch(KeyPatch {
+            expires_at: Some(None),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
         // Rotated with a grace period since: its secret may no longer change keys (403).
         let (_, new_secret) = s.reset(&Actor::Cli, w, 60, None, None).await.unwrap();
         let r = s.update(&caller, target, rename("t4"), None, None).await;
@@ -582,6 +629,43 @@ fn a_calling_key_is_judged_as_it_stands_at_commit_not_as_it_authenticated() {
             s.key_count(),
             2,
             "w (revoked) and the target: nothing was created"
+        );
+        s.shutdown();
+    });
+}
+
+/// An idempotent retry gets its first answer while its key still authenticates at commit (a
+/// key that reset itself with a grace period retries with the old secret), and 401 once not.
+#[test]
+fn a_retry_gets_its_first_answer_only_while_its_key_still_authenticates() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let s = Service::open(Config::new(dir.path())).unwrap();
+        let writer = CreateKey {
+            scopes: vec!["keys:write".into()],
+            ..named("w")
+        };
+        let (w, secret) = s.create(&Actor::Cli, writer, None).await.unwrap();
+        let w = w.entry.state.id;
+        let secret = secret.unwrap();
+        let caller = Actor::Key(s.authenticate(Some(secret.expose()), None).unwrap().0);
+        let reset = || s.reset(&caller, w, 60, None, idem("r1", "f1"));
+
+        let (first, new_secret) = reset().await.unwrap();
+        assert!(new_secret.is_some() && !first.replayed);
+        // The same request again, by the old secret, now in its grace period.
+        let (again, no_secret) = reset().await.unwrap();
+        assert!(again.replayed && no_secret.is_none());
+        assert_eq!(again.entry.state.version, first.entry.state.version);
+
+        // Revoked: a revoked key keeps no grace secret, so the old one is unknown, as it would
+        // be to authentication.
+        s.delete(&Actor::Cli, w, None, None).await.unwrap();
+        let r = reset().await.map(drop);
+        assert_eq!(
+            r.unwrap_err(),
+            ServiceError::CallerInvalid(VerifyCode::NotFound)
         );
         s.shutdown();
     });

@@ -242,4 +242,44 @@ async fn a_cursor_beyond_the_head_is_refused_not_followed() {
             .starts_with("Last-Event-ID:"),
         "{body}"
     );
+    // The same for a point in a key's history.
+    let (key, _) = h.create_key(json!({ "name": "k" })).await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+    let head = h.log_head().await;
+    h.get(&format!("{path}?as_of={head}"), &h.admin)
+        .await
+        .expect(200);
+    h.get(&format!("{path}?as_of={}", head + 1), &h.admin)
+        .await
+        .expect_invalid_field("as_of");
+}
+
+/// A `Last-Event-ID` that cannot be read is refused: ignoring it would start the stream over
+/// from `after` (by default the whole history) without the client knowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_last_event_id_is_refused_not_ignored() {
+    let h = Harness::start().await;
+    lifecycle(&h).await;
+    for bad in ["abc", "-5", "1.5", "７"] {
+        let resp = h
+            .request(Method::GET, "/v1/events/stream")
+            .bearer_auth(&h.admin)
+            .header("Last-Event-ID", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{bad:?}");
+        let body: Value = resp.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("Last-Event-ID:"), "{bad:?}: {body}");
+    }
+    // An empty one is none (SSE clients send none when the last event had an empty id).
+    let resp = h
+        .request(Method::GET, "/v1/events/stream")
+        .bearer_auth(&h.admin)
+        .header("Last-Event-ID", " ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }

@@ -155,10 +155,20 @@ pub async fn stream_events(
     auth.caller.require(SCOPE_EVENTS)?;
     check_type(&p.event_type)?;
     let account = st.service.account_filter(&auth.actor(), p.account)?;
+    // A resume point that cannot be read is refused: skipping it would replay the whole log.
+    // An empty one is no resume point (SSE: an empty last event id is not sent).
     let last_event_id = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
+        .filter(|v| !v.as_bytes().trim_ascii().is_empty())
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::validation("Last-Event-ID: expected a non-negative integer (a seq)")
+                })
+        })
+        .transpose()?;
     let last = last_event_id.or(p.after).unwrap_or(0);
     let field = if last_event_id.is_some() {
         "Last-Event-ID"

@@ -133,6 +133,9 @@ impl Service {
         as_of: AsOf,
     ) -> Result<KeyState, ServiceError> {
         actor.require(SCOPE_READ)?;
+        if let AsOf::Seq(seq) = as_of {
+            self.check_cursor("as_of", seq)?;
+        }
         self.visible_any(actor, id)?;
         let events = self.log().stream(id).map_err(ServiceError::storage)?;
         fold_until(&events, as_of).ok_or(ServiceError::NotFound)

@@ -99,6 +99,15 @@ impl Drop for NatsServer {
     }
 }
 
+/// Deletes the `KEYLEDGER` stream (as an operator might), leaving the server running.
+pub async fn delete_stream(url: &str) {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    async_nats::jetstream::new(client)
+        .delete_stream("KEYLEDGER")
+        .await
+        .expect("delete the stream");
+}
+
 /// A message of the `KEYLEDGER` stream.
 #[derive(Debug, Clone)]
 pub struct StreamMessage {

@@ -3,7 +3,7 @@
 //! server restart.
 
 use keyledger::tail::{Options, Source, run};
-use keyledger_e2e::nats::NatsServer;
+use keyledger_e2e::nats::{NatsServer, delete_stream};
 use keyledger_e2e::*;
 use serde_json::{Value, json};
 use std::io::Write;
@@ -316,6 +316,23 @@ async fn tail_from_nats_goes_on_in_a_recreated_stream_at_its_first_message() {
     let mut h = Harness::start_publishing_to(&nats).await;
     let o = nats_tail(&h, &nats);
     tail_across(&mut h, o, async |_| nats.restart_empty()).await;
+}
+
+/// The same without a restart: the stream deleted under a running tail and made again by the
+/// publisher. The tail's consumer followed the new stream at the old stream seq, silently
+/// skipping its first events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_nats_goes_on_when_the_stream_is_deleted_and_made_again_under_it() {
+    let nats = NatsServer::start();
+    let mut h = Harness::start_publishing_to(&nats).await;
+    let o = nats_tail(&h, &nats);
+    let url = nats.url();
+    tail_across(&mut h, o, async |_| {
+        delete_stream(&url).await;
+        // Long enough for the tail's consumer to notice and start re-creating itself.
+        tokio::time::sleep(secs(3)).await;
+    })
+    .await;
 }
 
 /// Stops the service, rotates its signing key as `keyledger signing-key rotate` does, and

@@ -392,8 +392,9 @@ pub struct TailMessage {
 /// After that, a broken connection or a lost consumer (the NATS server restarted, say) is
 /// resumed after the last message delivered; `on_resume` is told why and at which stream seq.
 /// No message is delivered twice (see [`Position`]). A stream deleted and created again
-/// numbers from 1: the tail then goes on at its first message, also told to `on_resume`;
-/// events that were only in the old stream are not in NATS any more.
+/// numbers from 1: the tail notices by its creation time (checked every [`STREAM_CHECK`]) or
+/// by a new event numbered before one delivered, then goes on at its first message, also told
+/// to `on_resume`; events that were only in the old stream are not in NATS any more.
 pub async fn tail(
     url: &str,
     filter: &str,
@@ -459,6 +460,12 @@ impl Position {
         (self.next, recreated)
     }
 
+    /// Whether a message is new yet numbered before one already seen: only a stream deleted
+    /// and made again numbers so (a repeat carries an event seq already delivered).
+    fn went_back(&self, stream_seq: u64, event_seq: Option<u64>) -> bool {
+        stream_seq > 0 && stream_seq < self.next && event_seq.is_some_and(|s| s > self.last_event)
+    }
+
     /// Whether a message is to be delivered; moves past it either way.
     fn admit(&mut self, stream_seq: u64, event_seq: Option<u64>) -> bool {
         if stream_seq > 0 {
@@ -520,20 +527,44 @@ async fn tail_session(
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: first,
             },
+            // Pulls expire after 2 s, so the server's idle heartbeat comes every second and a
+            // lost consumer (the server restarted) is noticed within seconds, not ~30.
+            max_expires: Duration::from_secs(2),
             ..Default::default()
         })
         .await
         .map_err(err(NatsError::Stream))?;
     let mut messages = consumer.messages().await.map_err(err(NatsError::Stream))?;
     *consuming = true;
-    while let Some(msg) = messages.next().await {
-        let msg = msg.map_err(err(NatsError::Stream))?;
+    let mut check = tokio::time::interval(STREAM_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check.tick().await;
+    loop {
+        let msg = tokio::select! {
+            msg = messages.next() => match msg {
+                Some(msg) => msg.map_err(err(NatsError::Stream))?,
+                None => break,
+            },
+            _ = check.tick() => {
+                // The ordered consumer re-creates itself in a stream deleted and made again at
+                // the old stream seq, which skips the new stream's first messages: only the
+                // stream's creation time tells.
+                let info = stream.get_info().await.map_err(err(NatsError::Stream))?;
+                if at.stream.as_deref() != Some(info.created.to_string().as_str()) {
+                    return Err(stream_recreated());
+                }
+                continue;
+            }
+        };
         let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
         let event_seq = msg
             .headers
             .as_ref()
             .and_then(|h| h.get(HEADER_SEQ))
             .and_then(|v| v.as_str().parse().ok());
+        if at.went_back(stream_seq, event_seq) {
+            return Err(stream_recreated());
+        }
         if !at.admit(stream_seq, event_seq) {
             continue;
         }
@@ -562,6 +593,13 @@ async fn tail_session(
     ))
 }
 
+/// How often a tail checks that its stream is still the one it started reading.
+const STREAM_CHECK: Duration = Duration::from_secs(2);
+
+fn stream_recreated() -> NatsError {
+    NatsError::Stream("the stream was deleted and created again under the tail".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Position, redacted_url};
@@ -588,6 +626,23 @@ mod tests {
         // With a subject filter, events are sparse: only order matters.
         assert!(at.admit(5, Some(12)));
         assert!(!at.admit(6, Some(12)));
+    }
+
+    #[test]
+    fn only_a_new_event_numbered_before_the_resume_point_means_a_recreated_stream() {
+        let mut at = Position::default();
+        at.connect("t0".into(), 1);
+        for seq in 1..=6 {
+            assert!(!at.went_back(seq, Some(seq)));
+            assert!(at.admit(seq, Some(seq)));
+        }
+        // A repeat (the consumer started over) is not; a new event at stream seq 2 is.
+        assert!(!at.went_back(3, Some(3)));
+        assert!(at.went_back(2, Some(7)));
+        assert!(!at.went_back(7, Some(7)));
+        // A message without seqs tells nothing.
+        assert!(!at.went_back(0, Some(9)));
+        assert!(!at.went_back(2, None));
     }
 
     #[test]

@@ -392,7 +392,7 @@ pub struct TailMessage {
 /// After that, a broken connection or a lost consumer (the NATS server restarted, say) is
 /// resumed after the last message delivered; `on_resume` is told why and at which stream seq.
 /// No message is delivered twice (see [`Position`]). A stream deleted and created again
-/// numbers from 1: the tail notices by its creation time (checked every [`STREAM_CHECK`]) or
+/// numbers from 1: the tail notices by its creation time (checked every 2 s) or
 /// by a new event numbered before one delivered, then goes on at its first message, also told
 /// to `on_resume`; events that were only in the old stream are not in NATS any more.
 pub async fn tail(

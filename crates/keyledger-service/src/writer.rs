@@ -149,9 +149,14 @@ impl Writer {
                 let state_of =
                     |id: &Uuid| overlay.get(id).or_else(|| model.get(id).map(|e| &e.state));
                 // The calling key as it stands now, after the commands before this one.
+                let changed;
                 let caller = match &job.caller {
                     Some(c) => match c.at_commit(state_of(&c.key_id), now) {
-                        Ok(c) => Some(c),
+                        Ok(None) => Some(c),
+                        Ok(Some(now)) => {
+                            changed = now;
+                            Some(&changed)
+                        }
                         Err(e) => {
                             let _ = job.reply.send(Err(e));
                             continue;
@@ -176,7 +181,7 @@ impl Writer {
                 let fingerprint = job.idempotency.as_ref().map(|i| i.fingerprint.clone());
                 let before = pending.len();
                 let current = state_of(&job.key_id).cloned();
-                match self.decide(&job, caller.as_ref(), current.as_ref(), now) {
+                match self.decide(&job, caller, current.as_ref(), now) {
                     Err(e) => {
                         let _ = job.reply.send(Err(e));
                     }

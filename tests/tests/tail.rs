@@ -335,6 +335,27 @@ async fn tail_from_nats_goes_on_when_the_stream_is_deleted_and_made_again_under_
     .await;
 }
 
+/// As above, but the new stream at once outgrows the old one's numbering: the tail's consumer,
+/// re-created at the old stream seq, then delivered later events first, and the skipped ones
+/// were taken for repeats once the tail noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_nats_misses_nothing_when_a_recreated_stream_overtakes_its_old_numbering() {
+    let nats = NatsServer::start();
+    let mut h = Harness::start_publishing_to(&nats).await;
+    let o = nats_tail(&h, &nats);
+    let url = nats.url();
+    let (envs, first) = tail_across(&mut h, o, async |h: &mut Harness| {
+        delete_stream(&url).await;
+        let head = h.log_head().await;
+        for i in 0..head + 5 {
+            h.create_key(json!({ "name": format!("overtake {i}") }))
+                .await;
+        }
+    })
+    .await;
+    assert!(envs.len() as u64 == first + 2);
+}
+
 /// Stops the service, rotates its signing key as `keyledger signing-key rotate` does, and
 /// starts it again on the same address: later events carry a signer the tail has not seen.
 async fn rotate_the_signing_key(h: &mut Harness) {

@@ -392,9 +392,10 @@ pub struct TailMessage {
 /// After that, a broken connection or a lost consumer (the NATS server restarted, say) is
 /// resumed after the last message delivered; `on_resume` is told why and at which stream seq.
 /// No message is delivered twice (see [`Position`]). A stream deleted and created again
-/// numbers from 1: the tail notices by its creation time (checked every 2 s) or
-/// by a new event numbered before one delivered, then goes on at its first message, also told
-/// to `on_resume`; events that were only in the old stream are not in NATS any more.
+/// numbers from 1: the tail notices by its creation time (checked before the first message of
+/// each consumer the NATS client creates, and after 2 s without a message), then goes on at its
+/// first message, also told to `on_resume`; events that were only in the old stream are not in
+/// NATS any more.
 pub async fn tail(
     url: &str,
     filter: &str,
@@ -460,8 +461,8 @@ impl Position {
         (self.next, recreated)
     }
 
-    /// Whether a message is new yet numbered before one already seen: only a stream deleted
-    /// and made again numbers so (a repeat carries an event seq already delivered).
+    /// Whether a message is new yet numbered before the resume point: a consumer that started
+    /// over from the stream's first message (a repeat carries an event seq already delivered).
     fn went_back(&self, stream_seq: u64, event_seq: Option<u64>) -> bool {
         stream_seq > 0 && stream_seq < self.next && event_seq.is_some_and(|s| s > self.last_event)
     }
@@ -536,34 +537,52 @@ async fn tail_session(
         .map_err(err(NatsError::Stream))?;
     let mut messages = consumer.messages().await.map_err(err(NatsError::Stream))?;
     *consuming = true;
-    let mut check = tokio::time::interval(STREAM_CHECK);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    check.tick().await;
+    // The consumer whose messages were checked to come from this session's stream.
+    let mut checked_consumer: Option<String> = None;
+    let same_stream = async |at: &Position| {
+        let info = stream.get_info().await.map_err(err(NatsError::Stream))?;
+        match at.stream.as_deref() == Some(info.created.to_string().as_str()) {
+            true => Ok(()),
+            false => Err(stream_recreated()),
+        }
+    };
     loop {
         let msg = tokio::select! {
             msg = messages.next() => match msg {
                 Some(msg) => msg.map_err(err(NatsError::Stream))?,
                 None => break,
             },
-            _ = check.tick() => {
-                // The ordered consumer re-creates itself in a stream deleted and made again at
-                // the old stream seq, which skips the new stream's first messages: only the
-                // stream's creation time tells.
-                let info = stream.get_info().await.map_err(err(NatsError::Stream))?;
-                if at.stream.as_deref() != Some(info.created.to_string().as_str()) {
-                    return Err(stream_recreated());
-                }
+            // A consumer re-created in a new stream at the old stream seq delivers nothing until
+            // that stream grows so far; a quiet tail checks its stream now and then.
+            () = tokio::time::sleep(IDLE_CHECK) => {
+                same_stream(at).await?;
                 continue;
             }
         };
-        let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let (stream_seq, consumer) = msg
+            .info()
+            .map_or((0, ""), |i| (i.stream_sequence, i.consumer));
+        // The ordered consumer re-creates itself (under a new name) when it is lost, at the old
+        // stream seq, also in a stream deleted and made again: there it would skip the new
+        // stream's first messages. So the first message of each consumer waits until the
+        // stream is known to be the one this session started on. Once one is, no later
+        // message of that consumer can come from another stream.
+        if checked_consumer.as_deref() != Some(consumer) {
+            same_stream(at).await?;
+            checked_consumer = Some(consumer.to_owned());
+        }
         let event_seq = msg
             .headers
             .as_ref()
             .and_then(|h| h.get(HEADER_SEQ))
             .and_then(|v| v.as_str().parse().ok());
         if at.went_back(stream_seq, event_seq) {
-            return Err(stream_recreated());
+            // A consumer re-created before it delivered anything starts at the stream's first
+            // message: go on where this tail stands instead.
+            return Err(NatsError::Stream(format!(
+                "the consumer started over before stream seq {}",
+                at.next
+            )));
         }
         if !at.admit(stream_seq, event_seq) {
             continue;
@@ -593,8 +612,9 @@ async fn tail_session(
     ))
 }
 
-/// How often a tail checks that its stream is still the one it started reading.
-const STREAM_CHECK: Duration = Duration::from_secs(2);
+/// How long a tail waits for a message before it checks that its stream is still the one it
+/// started on.
+const IDLE_CHECK: Duration = Duration::from_secs(2);
 
 fn stream_recreated() -> NatsError {
     NatsError::Stream("the stream was deleted and created again under the tail".into())
@@ -629,7 +649,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_new_event_numbered_before_the_resume_point_means_a_recreated_stream() {
+    fn only_a_new_event_numbered_before_the_resume_point_means_the_consumer_started_over() {
         let mut at = Position::default();
         at.connect("t0".into(), 1);
         for seq in 1..=6 {

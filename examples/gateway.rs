@@ -1,8 +1,9 @@
 //! A gateway that keeps a local cache of API keys fresh from keyledger's NATS stream.
 //!
-//! It binds a durable JetStream consumer (so a restart resumes where it stopped), checks every
-//! event's hash and ed25519 signature against the public keys of `GET /v1/signing-key`, and
-//! drops cached verifications when a key is updated, rotated, revoked or expires.
+//! It binds a durable JetStream consumer (so a restart resumes where it stopped, and a lost
+//! consumer is bound again), checks every event's hash and ed25519 signature against the public
+//! keys of `GET /v1/signing-key`, and drops cached verifications when a key is updated, rotated,
+//! revoked or expires.
 //!
 //! ```text
 //! cargo run -p keyledger-nats --example gateway -- \
@@ -17,8 +18,10 @@ use keyledger_store::envelope::envelope_hash;
 use keyledger_store::{PublicKeyInfo, SignatureVerifier};
 use serde_json::Value;
 
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
     let nats_url = args.get(1).map_or("nats://127.0.0.1:4222", String::as_str);
     let keyledger = args.get(2).map_or("http://127.0.0.1:8080", String::as_str);
@@ -31,8 +34,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         serde_json::from_value(serde_json::from_str::<Value>(&body)?["keys"].clone())?;
     let verifier = SignatureVerifier::from_public(&keys)?;
 
-    // 2. A durable pull consumer on every key event.
+    // 2. Consume. A lost consumer (the stream deleted, say) is bound again: a revocation
+    // missed while the gateway is down would leave a revoked key in its cache.
     let js = jetstream::new(async_nats::connect(nats_url).await?);
+    let mut start = start;
+    loop {
+        if let Err(e) = consume(&js, name, start, &verifier).await {
+            eprintln!("consumer lost ({e}); binding it again in 1 s");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        // A consumer made again (in a stream made anew) starts at its beginning.
+        start = None;
+    }
+}
+
+/// Binds the durable pull consumer `name` on every key event (creating it if needed, e.g. in a
+/// stream made anew, where it starts at the beginning) and reacts to each event until an error.
+async fn consume(
+    js: &jetstream::Context,
+    name: &str,
+    start: Option<u64>,
+    verifier: &SignatureVerifier,
+) -> Result<(), Error> {
     let stream = js.get_stream("KEYLEDGER").await?;
     let consumer = stream
         .get_or_create_consumer(
@@ -61,7 +84,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             msg.ack().await?;
             continue;
         }
-        // 4. React. Everything but a creation invalidates what the gateway cached for the key.
+        // 4. React (idempotently: a consumer bound anew may deliver an event again). Everything
+        // but a creation invalidates what the gateway cached for the key.
         let key = env["key_id"].as_str().unwrap_or_default();
         match env["type"].as_str().unwrap_or_default() {
             "key.created" => println!("seq {}: new key {key}", env["seq"]),
@@ -77,11 +101,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
         msg.ack().await?;
     }
-    Ok(())
+    Err("the message stream ended".into())
 }
 
 /// A minimal HTTP GET (keeps the example free of an HTTP client dependency).
-async fn fetch(url: &str) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+async fn fetch(url: &str) -> Result<String, Error> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
     let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));

@@ -487,6 +487,9 @@ fn a_key_cannot_change_a_key_holding_scopes_it_lacks() {
     });
 }
 
+/// What a command is expected to get.
+type Answer = dyn Fn(&ServiceError) -> bool;
+
 /// A request authenticates when it arrives and commits later, after whatever the commands
 /// queued before it did to its key: the key's standing and powers at commit are what count.
 /// Otherwise a key revoked (or disabled, rotated away, narrowed) while its request waited could
@@ -512,93 +515,84 @@ fn a_calling_key_is_judged_as_it_stands_at_commit_not_as_it_authenticated() {
             name: Some(name.into()),
             ..Default::default()
         };
-        let admin_patch = |patch: KeyPatch| s.update(&Actor::Cli, w, patch, None, None);
         let caller = as_authenticated(secret.as_ref().unwrap());
         s.update(&caller, target, rename("t1"), None, None)
             .await
             .unwrap();
-
-        // Narrowed to keys:read since: 403.
-        admin_patch(KeyPatch {
-            scopes: Some(vec!["keys:read".into()]),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let r = s.update(&caller, target, rename("t2"), None, None).await;
-        assert!(matches!(r, Err(ServiceError::Forbidden(_))), "{r:?}");
-        admin_patch(KeyPatch {
-            scopes: Some(vec!["keys:read".into(), "keys:write".into()]),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-
-        // Disabled since: 401 DISABLED.
-        admin_patch(KeyPatch {
-            enabled: Some(false),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let r = s.update(&caller, target, rename("t3"), None, None).await;
-        assert_eq!(
-            r.unwrap_err(),
-            ServiceError::CallerInvalid(VerifyCode::Disabled)
-        );
-        admin_patch(KeyPatch {
-            enabled: Some(true),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-
-        // Its allowed IPs no longer admit the client (127.0.0.1) since: 401 FORBIDDEN_IP.
+        // Authenticated from 127.0.0.1, for the allowed IPs.
         let local = Some("127.0.0.1".parse().unwrap());
         let from_local = Actor::Key(
             s.authenticate(Some(secret.as_ref().unwrap().expose()), local)
                 .unwrap()
                 .0,
         );
-        admin_patch(KeyPatch {
-            allowed_ips: Some(vec!["10.0.0.0/8".into()]),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let r = s
-            .update(&from_local, target, rename("t3"), None, None)
-            .await;
-        assert_eq!(
-            r.unwrap_err(),
-            ServiceError::CallerInvalid(VerifyCode::ForbiddenIp)
-        );
-        admin_patch(KeyPatch {
-            allowed_ips: Some(vec![]),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
 
-        // Expired since: 401 EXPIRED.
-        admin_patch(KeyPatch {
-            expires_at: Some(Some(Timestamp(now().millis() + 50))),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        let r = s.update(&caller, target, rename("t3"), None, None).await;
-        assert_eq!(
-            r.unwrap_err(),
-            ServiceError::CallerInvalid(VerifyCode::Expired)
-        );
-        admin_patch(KeyPatch {
-            expires_at: Some(None),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        // What an admin changed on the key since its request authenticated, how to undo it,
+        // and what the request gets at commit.
+        let forbidden = |e: &ServiceError| matches!(e, ServiceError::Forbidden(_));
+        let invalid = |code| move |e: &ServiceError| *e == ServiceError::CallerInvalid(code);
+        // The first change sets an expiry this soon; each request waits until it has passed.
+        let soon = Timestamp(now().millis() + 100);
+        let changes: [(KeyPatch, KeyPatch, &Actor, &Answer); 4] = [
+            (
+                KeyPatch {
+                    expires_at: Some(Some(soon)),
+                    ..Default::default()
+                },
+                KeyPatch {
+                    expires_at: Some(None),
+                    ..Default::default()
+                },
+                &caller,
+                &invalid(VerifyCode::Expired),
+            ),
+            (
+                KeyPatch {
+                    scopes: Some(vec!["keys:read".into()]),
+                    ..Default::default()
+                },
+                KeyPatch {
+                    scopes: Some(vec!["keys:read".into(), "keys:write".into()]),
+                    ..Default::default()
+                },
+                &caller,
+                &forbidden,
+            ),
+            (
+                KeyPatch {
+                    enabled: Some(false),
+                    ..Default::default()
+                },
+                KeyPatch {
+                    enabled: Some(true),
+                    ..Default::default()
+                },
+                &caller,
+                &invalid(VerifyCode::Disabled),
+            ),
+            (
+                KeyPatch {
+                    allowed_ips: Some(vec!["10.0.0.0/8".into()]),
+                    ..Default::default()
+                },
+                KeyPatch {
+                    allowed_ips: Some(vec![]),
+                    ..Default::default()
+                },
+                &from_local,
+                &invalid(VerifyCode::ForbiddenIp),
+            ),
+        ];
+        for (change, undo, actor, answer) in changes {
+            let what = format!("{change:?}");
+            s.update(&Actor::Cli, w, change, None, None).await.unwrap();
+            while now() <= soon {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let r = s.update(actor, target, rename("t2"), None, None).await;
+            assert!(r.as_ref().is_err_and(answer), "{what}: {r:?}");
+            s.update(&Actor::Cli, w, undo, None, None).await.unwrap();
+        }
 
         // Rotated with a grace period since: its secret may no longer change keys (403).
         let (_, new_secret) = s.reset(&Actor::Cli, w, 60, None, None).await.unwrap();

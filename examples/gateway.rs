@@ -2,8 +2,8 @@
 //!
 //! It binds a durable JetStream consumer (so a restart resumes where it stopped, and a lost
 //! consumer is bound again), checks every event's hash and ed25519 signature against the public
-//! keys of `GET /v1/signing-key`, and drops cached verifications when a key is updated, rotated,
-//! revoked or expires.
+//! keys of `GET /v1/signing-key` (fetched again when an event names a signer it does not know
+//! yet), and drops cached verifications when a key is updated, rotated, revoked or expires.
 //!
 //! ```text
 //! cargo run -p keyledger-nats --example gateway -- \
@@ -29,17 +29,14 @@ async fn main() -> Result<(), Error> {
     let start: Option<u64> = args.get(4).and_then(|s| s.parse().ok());
 
     // 1. The public keys that sign the log (no authentication needed).
-    let body = fetch(&format!("{keyledger}/v1/signing-key")).await?;
-    let keys: Vec<PublicKeyInfo> =
-        serde_json::from_value(serde_json::from_str::<Value>(&body)?["keys"].clone())?;
-    let verifier = SignatureVerifier::from_public(&keys)?;
+    let mut verifier = signing_keys(keyledger).await?;
 
     // 2. Consume. A lost consumer (the stream deleted, say) is bound again: a revocation
     // missed while the gateway is down would leave a revoked key in its cache.
     let js = jetstream::new(async_nats::connect(nats_url).await?);
     let mut start = start;
     loop {
-        if let Err(e) = consume(&js, name, start, &verifier).await {
+        if let Err(e) = consume(&js, name, start, keyledger, &mut verifier).await {
             eprintln!("consumer lost ({e}); binding it again in 1 s");
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
@@ -54,7 +51,8 @@ async fn consume(
     js: &jetstream::Context,
     name: &str,
     start: Option<u64>,
-    verifier: &SignatureVerifier,
+    keyledger: &str,
+    verifier: &mut SignatureVerifier,
 ) -> Result<(), Error> {
     let stream = js.get_stream("KEYLEDGER").await?;
     let consumer = stream
@@ -79,6 +77,11 @@ async fn consume(
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
         let signer = env["signer"].as_str().unwrap_or_default();
         let signature = env["signature"].as_str().unwrap_or_default();
+        if !verifier.knows(signer) {
+            // The service's signing key was rotated since: fetch its keys again (an error
+            // leaves the message unacknowledged, to come again once keyledger answers).
+            *verifier = signing_keys(keyledger).await?;
+        }
         if env["hash"] != hex.as_str() || verifier.verify(signer, &hash, signature).is_err() {
             eprintln!("REJECTED seq {}: bad hash or signature", env["seq"]);
             msg.ack().await?;
@@ -102,6 +105,14 @@ async fn consume(
         msg.ack().await?;
     }
     Err("the message stream ended".into())
+}
+
+/// The public keys of `GET /v1/signing-key` (no authentication needed).
+async fn signing_keys(keyledger: &str) -> Result<SignatureVerifier, Error> {
+    let body = fetch(&format!("{keyledger}/v1/signing-key")).await?;
+    let keys: Vec<PublicKeyInfo> =
+        serde_json::from_value(serde_json::from_str::<Value>(&body)?["keys"].clone())?;
+    Ok(SignatureVerifier::from_public(&keys)?)
 }
 
 /// A minimal HTTP GET (keeps the example free of an HTTP client dependency).

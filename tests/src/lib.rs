@@ -189,6 +189,18 @@ impl Harness {
         self.restart().await;
     }
 
+    /// Stops the service, rotates its signing key as `keyledger signing-key rotate` does, and
+    /// starts it again on the same address: later events carry a new signer.
+    pub async fn rotate_the_signing_key(&mut self) {
+        self.stop().await;
+        keyledger_store::SigningKeys::rotate(
+            &self.data_dir().join("signing-keys.json"),
+            keyledger_service::now(),
+        )
+        .expect("rotate the signing key");
+        self.restart_on_the_same_address().await;
+    }
+
     /// Graceful shutdown (flushes `last_used_at`, closes the log). Idempotent.
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {

@@ -1,6 +1,6 @@
 //! `examples/gateway.rs`, the gateway that SUBSCRIBING.md offers as a model, run as a process
-//! against a real nats-server: it reports every revocation, also after the nats-server restarts
-//! and after the stream is deleted and made again.
+//! against a real nats-server: it reports every revocation, also after the nats-server restarts,
+//! after the stream is deleted and made again, and once the service signs with a new key.
 
 use keyledger_e2e::nats::{NatsServer, delete_stream};
 use keyledger_e2e::*;
@@ -84,9 +84,10 @@ impl Drop for Gateway {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_example_gateway_sees_revocations_across_a_nats_restart_and_a_recreated_stream() {
+async fn the_example_gateway_sees_revocations_across_a_nats_restart_a_recreated_stream_and_a_new_signing_key()
+ {
     let mut nats = NatsServer::start();
-    let h = Harness::start_publishing_to(&nats).await;
+    let mut h = Harness::start_publishing_to(&nats).await;
     let gateway = Gateway::start(&nats, &h);
     gateway.sees_a_revocation(&h, "at first").await;
 
@@ -98,5 +99,10 @@ async fn the_example_gateway_sees_revocations_across_a_nats_restart_and_a_recrea
     delete_stream(&nats.url()).await;
     gateway
         .sees_a_revocation(&h, "after the stream was deleted")
+        .await;
+
+    h.rotate_the_signing_key().await;
+    gateway
+        .sees_a_revocation(&h, "signed with a new signing key")
         .await;
 }

@@ -356,22 +356,10 @@ async fn tail_from_nats_misses_nothing_when_a_recreated_stream_overtakes_its_old
     assert!(envs.len() as u64 == first + 2);
 }
 
-/// Stops the service, rotates its signing key as `keyledger signing-key rotate` does, and
-/// starts it again on the same address: later events carry a signer the tail has not seen.
-async fn rotate_the_signing_key(h: &mut Harness) {
-    h.stop().await;
-    keyledger_store::SigningKeys::rotate(
-        &h.data_dir().join("signing-keys.json"),
-        keyledger_service::now(),
-    )
-    .unwrap();
-    h.restart_on_the_same_address().await;
-}
-
 /// A verifying tail that got its keys from the service fetches them again when an event names
 /// a signer it does not know, and goes on (it failed at the first event after a rotation).
 async fn a_verifying_tail_survives_a_signing_key_rotation(mut h: Harness, o: Options) {
-    let (envs, first) = tail_across(&mut h, o, rotate_the_signing_key).await;
+    let (envs, first) = tail_across(&mut h, o, Harness::rotate_the_signing_key).await;
     assert_ne!(envs[0]["signer"], envs[first as usize]["signer"]);
 }
 
@@ -397,7 +385,7 @@ async fn tail_with_a_signing_keys_file_fails_at_a_signer_it_does_not_list() {
     let keys = h.get("/v1/signing-key", &h.admin).await.expect(200);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), keys.json().to_string()).unwrap();
-    rotate_the_signing_key(&mut h).await;
+    h.rotate_the_signing_key().await;
     h.create_key(json!({ "name": "signed by the new key" }))
         .await;
     let mut o = log_tail(&h);

@@ -116,7 +116,7 @@ async fn run(service: Service, config: PublisherConfig, mut shutdown: watch::Rec
     if let Ok(cursor) = service.log().cursor(CURSOR) {
         status.set_published(cursor);
     }
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
     let mut stalled = false;
     loop {
         if *shutdown.borrow() {
@@ -125,6 +125,8 @@ async fn run(service: Service, config: PublisherConfig, mut shutdown: watch::Rec
         match session(&service, &config, &mut shutdown, &mut stalled).await {
             Ok(()) => return,
             Err(e) => {
+                // A session that connected cleared `stalled`: the waits start over.
+                let wait = backoff.next(!stalled);
                 status.set_connected(false);
                 note_oldest_pending(&service).await;
                 let backlog = service.head().saturating_sub(status.snapshot().published);
@@ -135,12 +137,42 @@ async fn run(service: Service, config: PublisherConfig, mut shutdown: watch::Rec
                     tracing::debug!(error = %e, backlog, "NATS still unavailable");
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return,
                 }
-                backoff = (backoff * 2).min(config.max_backoff);
             }
         }
+    }
+}
+
+/// Waits between reconnection attempts: from `first`, doubling up to `max` while attempts fail,
+/// and from `first` again after one that worked (else a long-lived publisher or tail would,
+/// after a few outages, wait the longest time at every later one).
+#[derive(Debug)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    wait: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            wait: first,
+        }
+    }
+
+    /// The wait after an attempt that failed; `worked`: it got somewhere first (connected,
+    /// delivered) before it failed.
+    fn next(&mut self, worked: bool) -> Duration {
+        if worked {
+            self.wait = self.first;
+        }
+        let wait = self.wait;
+        self.wait = (self.wait * 2).min(self.max);
+        wait
     }
 }
 
@@ -403,10 +435,9 @@ pub async fn tail(
     mut on_message: impl FnMut(TailMessage) -> bool,
     mut on_resume: impl FnMut(&NatsError, u64),
 ) -> Result<(), NatsError> {
-    const FIRST_BACKOFF: Duration = Duration::from_millis(250);
     let mut at = Position::default();
     let mut start = from;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     let mut started = false;
     loop {
         let (mut consuming, mut delivered) = (false, false);
@@ -427,13 +458,10 @@ pub async fn tail(
             // subject, no stream): nothing to resume.
             Err(e) if !started => return Err(e),
             Err(e) => {
-                if delivered {
-                    backoff = FIRST_BACKOFF;
-                }
+                let wait = backoff.next(delivered);
                 on_resume(&e, at.next);
                 start = TailFrom::StreamSeq(at.next);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -622,7 +650,8 @@ fn stream_recreated() -> NatsError {
 
 #[cfg(test)]
 mod tests {
-    use super::{Position, redacted_url};
+    use super::{Backoff, Position, redacted_url};
+    use std::time::Duration;
 
     #[test]
     fn a_tail_skips_repeats_and_starts_a_recreated_stream_from_its_first_message() {
@@ -663,6 +692,28 @@ mod tests {
         // A message without seqs tells nothing.
         assert!(!at.went_back(0, Some(9)));
         assert!(!at.went_back(2, None));
+    }
+
+    #[test]
+    fn waits_double_while_attempts_fail_and_start_over_after_one_that_worked() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(500));
+        let waits: Vec<_> = [false, false, false, false, false, true, false]
+            .into_iter()
+            .map(|worked| b.next(worked))
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(500),
+                ms(500),
+                ms(100),
+                ms(200)
+            ]
+        );
     }
 
     #[test]

@@ -68,7 +68,14 @@ async fn consume(
             },
         )
         .await?;
-    let mut messages = consumer.messages().await?;
+    // Short pulls with a heartbeat every second: a lost consumer (a nats-server restarted on
+    // an empty store, say) shows within seconds, not after the default 30 s pull.
+    let mut messages = consumer
+        .stream()
+        .expires(std::time::Duration::from_secs(2))
+        .heartbeat(std::time::Duration::from_secs(1))
+        .messages()
+        .await?;
     while let Some(msg) = messages.next().await {
         let msg = msg?;
         let env: Value = serde_json::from_slice(&msg.payload)?;

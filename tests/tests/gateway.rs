@@ -1,6 +1,7 @@
 //! `examples/gateway.rs`, the gateway that SUBSCRIBING.md offers as a model, run as a process
-//! against a real nats-server: it reports every revocation, also after the nats-server restarts,
-//! after the stream is deleted and made again, and once the service signs with a new key.
+//! against a real nats-server: it reports every revocation, also after the nats-server restarts
+//! (on its store and on an empty one), after the stream is deleted and made again, and once the
+//! service signs with a new key.
 
 use keyledger_e2e::nats::{NatsServer, delete_stream};
 use keyledger_e2e::*;
@@ -94,6 +95,11 @@ async fn the_example_gateway_sees_revocations_across_a_nats_restart_a_recreated_
     nats.restart();
     gateway
         .sees_a_revocation(&h, "after the nats-server restarted")
+        .await;
+
+    nats.restart_empty();
+    gateway
+        .sees_a_revocation(&h, "after the nats-server restarted on an empty store")
         .await;
 
     delete_stream(&nats.url()).await;

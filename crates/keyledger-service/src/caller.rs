@@ -1,6 +1,6 @@
 //! Who is calling, and what they may do.
 
-use crate::{ServiceError, VerifyCode};
+use crate::{ServiceError, VerifyCode, refusal};
 use keyledger_core::model::parse_net;
 use keyledger_core::{Action, KeyState, SecretHash, Timestamp};
 use std::net::IpAddr;
@@ -127,14 +127,9 @@ impl Caller {
             Some(c) if in_grace(&c.hash) => true,
             Some(_) => return invalid(VerifyCode::NotFound),
         };
-        if s.is_deleted() {
-            invalid(VerifyCode::Revoked)
-        } else if !s.enabled {
-            invalid(VerifyCode::Disabled)
-        } else if s.is_expired_at(now) {
-            invalid(VerifyCode::Expired)
-        } else if self.credential.as_ref().is_some_and(|c| !s.allows_ip(c.ip)) {
-            invalid(VerifyCode::ForbiddenIp)
+        let ip_allowed = || self.credential.as_ref().is_none_or(|c| s.allows_ip(c.ip));
+        if let Some(code) = refusal(s.is_deleted(), s.enabled, s.is_expired_at(now), ip_allowed) {
+            invalid(code)
         } else if rotating == self.rotating
             && s.scopes == self.scopes
             && s.allowed_ips == self.allowed_ips

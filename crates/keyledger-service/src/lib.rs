@@ -231,6 +231,28 @@ impl VerifyCode {
     }
 }
 
+/// Why a key whose secret was presented may not be used now, in the order in which the codes
+/// take precedence; `None`: it may. Verification, authentication and the check of a calling
+/// key at commit (`Caller::at_commit`) all answer by it.
+pub(crate) fn refusal(
+    deleted: bool,
+    enabled: bool,
+    expired: bool,
+    ip_allowed: impl FnOnce() -> bool,
+) -> Option<VerifyCode> {
+    if deleted {
+        Some(VerifyCode::Revoked)
+    } else if !enabled {
+        Some(VerifyCode::Disabled)
+    } else if expired {
+        Some(VerifyCode::Expired)
+    } else if !ip_allowed() {
+        Some(VerifyCode::ForbiddenIp)
+    } else {
+        None
+    }
+}
+
 impl std::fmt::Display for VerifyCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -624,21 +646,20 @@ impl Service {
         {
             return not_found;
         }
-        let code = if e.is_deleted() {
-            VerifyCode::Revoked
-        } else if !e.is_enabled() {
-            VerifyCode::Disabled
-        } else if e.is_expired_at(now) {
-            VerifyCode::Expired
-        } else if !e.allows_ip(ip) {
-            VerifyCode::ForbiddenIp
-        } else if !required_scopes.iter().all(|r| e.state.has_scope(r)) {
-            VerifyCode::InsufficientScopes
-        } else {
-            if stamp {
-                model.touch(&m.entry, now.millis());
+        let refused = refusal(e.is_deleted(), e.is_enabled(), e.is_expired_at(now), || {
+            e.allows_ip(ip)
+        });
+        let code = match refused {
+            Some(code) => code,
+            None if !required_scopes.iter().all(|r| e.state.has_scope(r)) => {
+                VerifyCode::InsufficientScopes
             }
-            VerifyCode::Valid
+            None => {
+                if stamp {
+                    model.touch(&m.entry, now.millis());
+                }
+                VerifyCode::Valid
+            }
         };
         Verification {
             code,

@@ -47,7 +47,7 @@ impl Actor {
     }
 
     /// What a non-admin key may do to keys; `None` for admins, the system and the CLI.
-    pub fn bounds(&self) -> Option<Bounds> {
+    pub fn bounds(&self) -> Option<Bounds<'_>> {
         match self {
             Actor::Key(c) => c.bounds(),
             _ => None,
@@ -147,10 +147,10 @@ impl Caller {
     }
 
     /// What a non-admin key may do to keys; `None` for an admin.
-    pub fn bounds(&self) -> Option<Bounds> {
-        (!self.is_admin()).then(|| Bounds {
-            scopes: self.scopes.clone(),
-            allowed_ips: self.allowed_ips.clone(),
+    pub fn bounds(&self) -> Option<Bounds<'_>> {
+        (!self.is_admin()).then_some(Bounds {
+            scopes: &self.scopes,
+            allowed_ips: &self.allowed_ips,
             expires_at: self.expires_at,
         })
     }
@@ -180,17 +180,17 @@ impl Caller {
     }
 }
 
-/// The powers and limits of a non-admin calling key, which bound what it may do to keys. The
-/// writer checks them against the key's state at commit (after an idempotent retry has got its
-/// first answer), as [`Bounds::check`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Bounds {
-    pub scopes: Vec<String>,
-    pub allowed_ips: Vec<ipnet::IpNet>,
+/// The powers and limits of a non-admin calling key (borrowed from its [`Caller`]), which
+/// bound what it may do to keys. The writer checks them against the key's state at commit
+/// (after an idempotent retry has got its first answer), as [`Bounds::check`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds<'a> {
+    pub scopes: &'a [String],
+    pub allowed_ips: &'a [ipnet::IpNet],
     pub expires_at: Option<Timestamp>,
 }
 
-impl Bounds {
+impl Bounds<'_> {
     /// A non-admin key may change, reset or revoke only keys whose scopes it all holds, and
     /// grant only scopes it holds. Nor may it lift its own limits: the allowed IPs it sets
     /// must lie within its own (when it has any; none would allow every address), and an

@@ -231,6 +231,13 @@ impl VerifyCode {
     }
 }
 
+/// The hash to look a presented key up by; `None` for a malformed one (its checksum rejects it
+/// without a lookup).
+fn presented_hash(presented: &str) -> Option<SecretHash> {
+    check_format(presented).ok()?;
+    Some(SecretHash::of(presented))
+}
+
 /// Why a key whose secret was presented may not be used now, in the order in which the codes
 /// take precedence; `None`: it may. Verification, authentication and the check of a calling
 /// key at commit (`Caller::at_commit`) all answer by it.
@@ -601,14 +608,13 @@ impl Service {
         ip: Option<IpAddr>,
         now: Timestamp,
     ) -> Verification {
-        if check_format(presented).is_err() {
+        let Some(hash) = presented_hash(presented) else {
             return Verification {
                 code: VerifyCode::NotFound,
                 entry: None,
                 rotating: false,
             };
-        }
-        let hash = SecretHash::of(presented);
+        };
         self.verify_hash(verifier, &hash, required_scopes, ip, now, true)
     }
 
@@ -675,10 +681,7 @@ impl Service {
         remote_ip: Option<IpAddr>,
     ) -> Result<(Caller, Arc<KeyEntry>), AuthError> {
         let presented = presented.ok_or(AuthError::Missing)?;
-        if check_format(presented).is_err() {
-            return Err(AuthError::Invalid(VerifyCode::NotFound));
-        }
-        let hash = SecretHash::of(presented);
+        let hash = presented_hash(presented).ok_or(AuthError::Invalid(VerifyCode::NotFound))?;
         let v = self.verify_hash(None, &hash, &[], remote_ip, now(), true);
         match (v.code, v.entry) {
             (VerifyCode::Valid, Some(entry)) => {

@@ -141,8 +141,8 @@ impl Writer {
         let mut pending: Vec<Pending> = Vec::with_capacity(jobs.len());
         // Idempotency keys of this batch -> (fingerprint, index in `pending`).
         let mut batch_keys: HashMap<String, (String, usize)> = HashMap::new();
-        // Keys this batch creates, per account (for the per-account limit).
-        let mut created: HashMap<String, usize> = HashMap::new();
+        // How this batch changes each account's count of live keys (for the per-account limit).
+        let mut live_delta: HashMap<String, isize> = HashMap::new();
         {
             let model = self.model.read();
             for job in jobs {
@@ -196,7 +196,7 @@ impl Writer {
                             _ => unreachable!("decide refuses non-creates on absent keys"),
                         };
                         if current.is_none()
-                            && let Err(e) = self.count_new_key(&model, &account, &mut created)
+                            && let Err(e) = self.check_key_limit(&model, &account, &live_delta)
                         {
                             let _ = job.reply.send(Err(e));
                             continue;
@@ -205,7 +205,14 @@ impl Writer {
                         for e in &events {
                             state = Some(evolve(state, job.key_id, now, e));
                         }
-                        overlay.insert(job.key_id, state.expect("events were applied"));
+                        let state = state.expect("events were applied");
+                        let was_live = current.as_ref().is_some_and(|s| !s.is_deleted());
+                        let is_live = !state.is_deleted();
+                        if was_live != is_live {
+                            *live_delta.entry(account.clone()).or_default() +=
+                                if is_live { 1 } else { -1 };
+                        }
+                        overlay.insert(job.key_id, state);
                         let idempotency =
                             job.scoped_idempotency_key().map(|key| IdempotencyRecord {
                                 key,
@@ -379,20 +386,19 @@ impl Writer {
         }
     }
 
-    /// Counts a key created in `account` by this batch, unless the account already has
-    /// [`Writer::max_keys_per_account`] keys, counting those created earlier in the batch.
-    /// Revocations count once committed.
-    fn count_new_key(
+    /// Refuses a new key in `account` when it already has [`Writer::max_keys_per_account`]
+    /// live keys, counting the creates and revocations earlier in this batch (`live_delta`).
+    fn check_key_limit(
         &self,
         model: &ReadModel,
         account: &str,
-        created: &mut HashMap<String, usize>,
+        live_delta: &HashMap<String, isize>,
     ) -> Result<(), ServiceError> {
         let Some(limit) = self.max_keys_per_account else {
             return Ok(());
         };
-        let in_batch = created.entry(account.to_owned()).or_default();
-        let count = model.live_keys(account) + *in_batch;
+        let delta = live_delta.get(account).copied().unwrap_or(0);
+        let count = model.live_keys(account).saturating_add_signed(delta);
         if count >= limit {
             return Err(ServiceError::KeyLimit {
                 account: account.to_owned(),
@@ -400,7 +406,6 @@ impl Writer {
                 limit,
             });
         }
-        *in_batch += 1;
         Ok(())
     }
 

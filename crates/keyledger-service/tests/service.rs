@@ -719,6 +719,72 @@ fn a_filtered_events_page_examines_at_most_ten_thousand_events_and_paging_misses
 }
 
 #[test]
+fn a_revocation_earlier_in_the_same_batch_makes_room_under_the_key_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.max_keys_per_account = Some(2);
+    // While `hold` is set, the writer waits in its batch callback, so the next commands queue
+    // up and are decided together in one batch.
+    let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let batches: Arc<Mutex<Vec<BatchStats>>> = Arc::default();
+    {
+        let (hold, sink) = (hold.clone(), batches.clone());
+        let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+        config.on_batch = Some(Arc::new(move |b| {
+            sink.lock().unwrap().push(b);
+            if hold.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                entered_tx.lock().unwrap().send(()).unwrap();
+                release_rx.lock().unwrap().recv().unwrap();
+            }
+        }));
+    }
+    let rt = runtime();
+    rt.block_on(async {
+        let s = Service::open(config).unwrap();
+        let (first, _) = s
+            .create(&Actor::Cli, in_account("k1", "a"), None)
+            .await
+            .unwrap();
+        s.create(&Actor::Cli, in_account("k2", "a"), None)
+            .await
+            .unwrap();
+        hold.store(true, std::sync::atomic::Ordering::SeqCst);
+        let held = tokio::spawn({
+            let s = s.clone();
+            async move { s.create(&Actor::Cli, in_account("other", "b"), None).await }
+        });
+        tokio::task::spawn_blocking(move || entered.recv().unwrap())
+            .await
+            .unwrap();
+        let batches_before = batches.lock().unwrap().len();
+        // `join!` polls in order: the revocation is queued, then the creates, then the writer
+        // is let go.
+        let (revoked, created, refused, ()) = tokio::join!(
+            s.delete(&Actor::Cli, first.entry.state.id, None, None),
+            s.create(&Actor::Cli, in_account("k3", "a"), None),
+            s.create(&Actor::Cli, in_account("k4", "a"), None),
+            async { release.send(()).unwrap() },
+        );
+        held.await.unwrap().unwrap();
+        revoked.unwrap();
+        created.expect("the revocation before it in the batch made room");
+        match refused {
+            Err(ServiceError::KeyLimit { count, limit, .. }) => assert_eq!((count, limit), (2, 2)),
+            other => panic!("a third live key was not refused: {:?}", other.map(drop)),
+        }
+        let batches = batches.lock().unwrap();
+        assert_eq!(batches.len(), batches_before + 1);
+        assert_eq!(
+            batches[batches_before].commands, 2,
+            "the revocation and the create were not one batch"
+        );
+        s.shutdown();
+    });
+}
+
+#[test]
 fn concurrent_creates_in_one_account_stop_exactly_at_its_key_limit() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path());

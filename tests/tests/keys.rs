@@ -309,6 +309,53 @@ async fn metadata_integers_beyond_a_double_are_refused_as_written_not_stored_rou
     );
 }
 
+/// A `metadata` object `levels` deep, itself the first level.
+fn nested(levels: usize) -> Value {
+    (1..levels).fold(json!({ "leaf": 1 }), |inner, _| json!({ "a": inner }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_nested_to_the_limit_keeps_the_history_readable_and_deeper_is_refused() {
+    let h = Harness::start().await;
+    // Created and updated at the limit: their events must read back (a stored event that
+    // JSON parsers refuse would make the history unreadable from there on).
+    let (key, _) = h
+        .create_key(json!({ "name": "deep", "metadata": nested(32) }))
+        .await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+    let mut deeper = nested(32);
+    deeper["b"] = json!(2);
+    h.patch(&path, &h.admin, &json!({ "metadata": deeper }))
+        .await
+        .expect(200);
+    let history = h
+        .get(&format!("{path}/events"), &h.admin)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(history["data"][0]["data"]["metadata"], nested(32));
+    let all = h.get("/v1/events", &h.admin).await.expect(200).json();
+    assert_eq!(all["data"].as_array().unwrap().len(), 3, "{all}");
+    h.get(&format!("{path}?as_of=2"), &h.admin)
+        .await
+        .expect(200);
+    // One level more is refused, on create and on update, and nothing is written.
+    let err = h
+        .send(
+            Method::POST,
+            "/v1/keys",
+            &h.admin,
+            Some(&json!({ "name": "x", "metadata": nested(33) })),
+        )
+        .await
+        .expect_invalid_field("metadata");
+    assert_eq!(err["message"], "metadata: at most 32 levels of nesting");
+    h.patch(&path, &h.admin, &json!({ "metadata": nested(33) }))
+        .await
+        .expect_invalid_field("metadata");
+    assert_eq!(h.log_head().await, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_json_content_type_is_415() {
     let h = Harness::start().await;

@@ -123,6 +123,25 @@ fn a_name_of_invisible_characters_only_is_empty_but_one_with_a_joiner_inside_is_
     }
 }
 
+/// A metadata object `levels` deep, itself the first level.
+fn nested(levels: usize) -> serde_json::Value {
+    (1..levels).fold(
+        serde_json::json!({"leaf": 1}),
+        |inner, _| serde_json::json!({"a": inner}),
+    )
+}
+
+#[test]
+fn metadata_nested_to_the_limit_is_kept_and_its_event_reads_back() {
+    let mut k = new_key();
+    k.metadata = Some(nested(32));
+    let events = when(&None, T0, Action::Create(k)).unwrap();
+    // The stored form must stay within serde_json's 128 levels, or the log becomes unreadable.
+    let stored = serde_json::to_string(&events).unwrap();
+    let back: Vec<Event> = serde_json::from_str(&stored).unwrap();
+    assert_eq!(back, events);
+}
+
 #[test]
 fn create_on_existing_stream_is_refused() {
     let state = given(&[Action::Create(new_key())]);
@@ -175,6 +194,10 @@ fn create_validates_fields_and_names_them() {
         (
             Box::new(|k| k.metadata = Some(serde_json::json!({"x": "y".repeat(9000)}))),
             "metadata: at most 8192 bytes as JSON",
+        ),
+        (
+            Box::new(|k| k.metadata = Some(nested(33))),
+            "metadata: at most 32 levels of nesting",
         ),
     ];
     for (mutate, message) in cases {

@@ -12,6 +12,9 @@ pub const MAX_SCOPE: usize = 128;
 pub const MAX_SCOPES: usize = 100;
 pub const MAX_IPS: usize = 100;
 pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+/// Levels of nesting in `metadata`, itself the first. Far below the 128 that JSON parsers
+/// (ours included) accept, so that every event carrying it, a few levels deeper, stays readable.
+pub const MAX_METADATA_DEPTH: usize = 32;
 pub const MAX_GRACE_SECONDS: u64 = 7 * 24 * 3600;
 pub const DEFAULT_ACCOUNT: &str = "default";
 
@@ -170,6 +173,11 @@ pub fn metadata(value: Option<&Value>) -> Result<Map<String, Value>, DomainError
                     "metadata",
                     format!("at most {MAX_METADATA_BYTES} bytes as JSON"),
                 ))
+            } else if map.values().any(|v| depth(v) >= MAX_METADATA_DEPTH) {
+                Err(invalid(
+                    "metadata",
+                    format!("at most {MAX_METADATA_DEPTH} levels of nesting"),
+                ))
             } else if !map.values().all(exact_as_double) {
                 // The event hash reads numbers as IEEE doubles (RFC 8785): a larger integer
                 // could be altered without changing the hash.
@@ -182,6 +190,15 @@ pub fn metadata(value: Option<&Value>) -> Result<Map<String, Value>, DomainError
             }
         }
         Some(_) => Err(invalid("metadata", "must be a JSON object")),
+    }
+}
+
+/// Levels of objects and arrays in `v` (0 for a scalar).
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 

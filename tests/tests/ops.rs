@@ -269,6 +269,7 @@ async fn the_scope_schema_admits_exactly_what_the_server_accepts() {
         "admin\u{200b}".into(),
         "a\u{feff}b".into(),
         "\u{2060}".into(),
+        "admin\u{2800}".into(),
         "ü:ß".into(),
     ] {
         let chars = value.chars().count() as u64;
@@ -286,46 +287,61 @@ async fn the_scope_schema_admits_exactly_what_the_server_accepts() {
     }
 }
 
-/// The same for names, owners and roles: no control character, not only whitespace or
-/// invisible characters; on both request schemas.
+/// The same for names, owners and roles: no control character or line break, not only
+/// whitespace or invisible characters, and owners and roles no invisible character at all; on
+/// both request schemas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_name_pattern_admits_exactly_what_the_server_accepts() {
+async fn the_name_and_label_patterns_admit_exactly_what_the_server_accepts() {
     let h = Harness::start().await;
     let doc = openapi(&h).await;
     let schemas = &doc["components"]["schemas"];
-    let pattern = schemas["CreateKeyRequest"]["properties"]["name"]["pattern"]
-        .as_str()
-        .expect("a pattern");
-    for (schema, field) in [
-        ("CreateKeyRequest", "owner"),
-        ("CreateKeyRequest", "role"),
-        ("UpdateKeyRequest", "name"),
-        ("UpdateKeyRequest", "owner"),
-        ("UpdateKeyRequest", "role"),
+    let pattern = |schema: &str, field: &str| {
+        schemas[schema]["properties"][field]["pattern"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{schema}.{field} has no pattern"))
+            .to_owned()
+    };
+    let (name, label) = (
+        pattern("CreateKeyRequest", "name"),
+        pattern("CreateKeyRequest", "owner"),
+    );
+    assert_ne!(name, label);
+    for (schema, field, expected) in [
+        ("CreateKeyRequest", "role", &label),
+        ("UpdateKeyRequest", "name", &name),
+        ("UpdateKeyRequest", "owner", &label),
+        ("UpdateKeyRequest", "role", &label),
     ] {
-        assert_eq!(
-            schemas[schema]["properties"][field]["pattern"], pattern,
-            "{schema}.{field}"
-        );
+        assert_eq!(&pattern(schema, field), expected, "{schema}.{field}");
     }
-    let re = regex::Regex::new(pattern).unwrap();
-    for value in [
-        "billing gateway",
-        " a ",
-        "é",
-        "a\u{200b}b",
-        "",
-        "   ",
-        "\u{200b}",
-        " \u{feff}\u{3164} ",
-        "a\u{1}",
-        "a\tb",
-        "a\u{85}",
-    ] {
-        let r = h
-            .post("/v1/keys", &h.admin, &serde_json::json!({ "name": value }))
-            .await;
-        assert_eq!(re.is_match(value), r.status == 201, "{value:?}: {}", r.body);
+    for (field, pattern) in [("name", &name), ("owner", &label), ("role", &label)] {
+        let re = regex::Regex::new(pattern).unwrap();
+        for value in [
+            "billing gateway",
+            " a ",
+            "é",
+            "a\u{200b}b",
+            "own\u{200b}er",
+            "",
+            "   ",
+            "\u{200b}",
+            "\u{2800}",
+            " \u{feff}\u{3164} ",
+            "a\u{1}",
+            "a\tb",
+            "a\u{85}",
+            "a\u{2028}b",
+            "a\u{2029}",
+        ] {
+            let mut body = serde_json::json!({ "name": "n" });
+            body[field] = value.into();
+            let r = h.post("/v1/keys", &h.admin, &body).await;
+            let admitted = re.is_match(value);
+            assert_eq!(admitted, r.status == 201, "{field} {value:?}: {}", r.body);
+            if !admitted {
+                r.expect_invalid_field(field);
+            }
+        }
     }
 }
 

@@ -196,6 +196,22 @@ fn create_validates_fields_and_names_them() {
             "metadata: at most 8192 bytes as JSON",
         ),
         (
+            Box::new(|k| k.name = "a\u{2028}b".into()),
+            "name: must not contain control characters or line breaks",
+        ),
+        (
+            Box::new(|k| k.role = Some("own\u{200b}er".into())),
+            "role: must not contain invisible characters",
+        ),
+        (
+            Box::new(|k| k.owner = Some("cus_\u{2800}42".into())),
+            "owner: must not contain invisible characters",
+        ),
+        (
+            Box::new(|k| k.scopes = vec!["admin\u{2800}".into()]),
+            "scopes[0]: must not contain whitespace or invisible characters",
+        ),
+        (
             Box::new(|k| k.metadata = Some(nested(33))),
             "metadata: at most 32 levels of nesting",
         ),

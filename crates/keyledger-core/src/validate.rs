@@ -25,6 +25,8 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> DomainError 
     }
 }
 
+/// Display text (a name): not blank, no control characters or line breaks. Invisible
+/// characters inside are kept (emoji sequences join with U+200D).
 fn text(field: &str, value: &str, max: usize) -> Result<(), DomainError> {
     let len = value.chars().count();
     if value.chars().all(|c| c.is_whitespace() || is_invisible(c)) {
@@ -33,16 +35,38 @@ fn text(field: &str, value: &str, max: usize) -> Result<(), DomainError> {
     if len > max {
         return Err(invalid(field, format!("at most {max} characters")));
     }
-    if value.chars().any(char::is_control) {
-        return Err(invalid(field, "must not contain control characters"));
+    if value
+        .chars()
+        .any(|c| c.is_control() || is_line_separator(c))
+    {
+        return Err(invalid(
+            field,
+            "must not contain control characters or line breaks",
+        ));
     }
     Ok(())
 }
 
-/// Characters that show nothing and are not whitespace (Unicode's default-ignorable code points
-/// and the Hangul fillers): a name of only these would list as blank, a scope with one would
-/// read as another. The server's OpenAPI patterns are built from this list.
-pub const INVISIBLE: [std::ops::RangeInclusive<char>; 17] = [
+/// A label that consumers compare and filter on (owner, role): display text without invisible
+/// characters, so that no label reads as another (`own\u{200b}er` would show as `owner`).
+fn label(field: &str, value: &str, max: usize) -> Result<(), DomainError> {
+    text(field, value, max)?;
+    if value.chars().any(is_invisible) {
+        return Err(invalid(field, "must not contain invisible characters"));
+    }
+    Ok(())
+}
+
+/// U+2028 and U+2029 end a line as `\n` does, though they are not control characters.
+fn is_line_separator(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Characters that show nothing and are not whitespace (Unicode's default-ignorable code points,
+/// the Hangul fillers and U+2800 BRAILLE PATTERN BLANK): a name of only these would list as
+/// blank, a scope or label with one would read as another. The server's OpenAPI patterns are
+/// built from this list.
+pub const INVISIBLE: [std::ops::RangeInclusive<char>; 18] = [
     '\u{ad}'..='\u{ad}',
     '\u{34f}'..='\u{34f}',
     '\u{61c}'..='\u{61c}',
@@ -52,6 +76,7 @@ pub const INVISIBLE: [std::ops::RangeInclusive<char>; 17] = [
     '\u{200b}'..='\u{200f}',
     '\u{202a}'..='\u{202e}',
     '\u{2060}'..='\u{206f}',
+    '\u{2800}'..='\u{2800}',
     '\u{3164}'..='\u{3164}',
     '\u{fe00}'..='\u{fe0f}',
     '\u{feff}'..='\u{feff}',
@@ -71,11 +96,11 @@ pub fn name(value: &str) -> Result<(), DomainError> {
 }
 
 pub fn owner(value: Option<&str>) -> Result<(), DomainError> {
-    value.map_or(Ok(()), |v| text("owner", v, MAX_OWNER))
+    value.map_or(Ok(()), |v| label("owner", v, MAX_OWNER))
 }
 
 pub fn role(value: Option<&str>) -> Result<(), DomainError> {
-    value.map_or(Ok(()), |v| text("role", v, MAX_ROLE))
+    value.map_or(Ok(()), |v| label("role", v, MAX_ROLE))
 }
 
 /// `[A-Za-z0-9_-]{1,64}`.

@@ -87,14 +87,16 @@ pub struct KeyWithSecret {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
-    /// 1 to 255 characters, not all blank, no control characters.
+    /// 1 to 255 characters, not all blank, no control characters or line breaks.
     #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// `[A-Za-z0-9_-]{1,64}`; default: the caller's account (`default` for admins).
     #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     pub account: Option<String>,
+    /// Not blank, no control, line-break or invisible characters.
     #[schema(min_length = 1, max_length = 255)]
     pub owner: Option<String>,
+    /// Not blank, no control, line-break or invisible characters.
     #[schema(min_length = 1, max_length = 64)]
     pub role: Option<String>,
     /// At most 100, duplicates included; duplicates are then dropped.
@@ -167,12 +169,22 @@ fn invisible_class() -> String {
         .collect()
 }
 
-/// A name, owner or role: no control character, and at least one that is neither whitespace
-/// nor invisible. Set on the schemas by a modifier (`TextPatterns`): utoipa's `pattern`
-/// attribute takes only a literal.
+/// A name: no control character or line break, and at least one character that is neither
+/// whitespace nor invisible. Set on the schemas by a modifier (`TextPatterns`): utoipa's
+/// `pattern` attribute takes only a literal.
 pub(crate) fn text_pattern() -> String {
-    let class = invisible_class();
-    format!(r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f{class}][^\x00-\x1f\x7f-\x9f]*$")
+    text_pattern_without("")
+}
+
+/// An owner or role: a name without invisible characters.
+pub(crate) fn label_pattern() -> String {
+    text_pattern_without(&invisible_class())
+}
+
+fn text_pattern_without(class: &str) -> String {
+    let invisible = invisible_class();
+    let other = format!(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029{class}]");
+    format!(r"^{other}*[^\s\x00-\x1f\x7f-\x9f{invisible}]{other}*$")
 }
 
 /// A scope as the domain accepts it, for the document only: requests carry plain strings.

@@ -223,7 +223,8 @@ impl utoipa::Modify for OptionalResetBody {
     }
 }
 
-/// The rule for names, owners and roles ([`dto::text_pattern`]) on both request schemas.
+/// The rules for names ([`dto::text_pattern`]) and for owners and roles ([`dto::label_pattern`])
+/// on both request schemas.
 struct TextPatterns;
 
 impl utoipa::Modify for TextPatterns {
@@ -232,14 +233,14 @@ impl utoipa::Modify for TextPatterns {
         let Some(components) = openapi.components.as_mut() else {
             return;
         };
-        let pattern = dto::text_pattern();
+        let (text, label) = (dto::text_pattern(), dto::label_pattern());
         for name in ["CreateKeyRequest", "UpdateKeyRequest"] {
             let Some(RefOr::T(Schema::Object(request))) = components.schemas.get_mut(name) else {
                 continue;
             };
-            for field in ["name", "owner", "role"] {
-                if let Some(RefOr::T(Schema::Object(text))) = request.properties.get_mut(field) {
-                    text.pattern = Some(pattern.clone());
+            for (field, pattern) in [("name", &text), ("owner", &label), ("role", &label)] {
+                if let Some(RefOr::T(Schema::Object(schema))) = request.properties.get_mut(field) {
+                    schema.pattern = Some(pattern.clone());
                 }
             }
         }

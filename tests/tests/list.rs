@@ -450,3 +450,20 @@ async fn cursor_walk_sees_keys_created_meanwhile_at_the_end_once() {
     }
     assert_eq!(seen, created);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_account_filter_is_refused_as_on_create_not_answered_with_nothing() {
+    let h = Harness::start().await;
+    for path in ["/v1/keys", "/v1/events", "/v1/events/stream"] {
+        for account in ["", "..%2Fx", "a%20b"] {
+            let err = h
+                .get(&format!("{path}?account={account}"), &h.admin)
+                .await
+                .expect_invalid_field("account");
+            assert_eq!(
+                err["message"], "account: must match [A-Za-z0-9_-]{1,64}",
+                "{path} {account:?}"
+            );
+        }
+    }
+}

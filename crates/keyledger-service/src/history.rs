@@ -55,11 +55,16 @@ pub fn fold_until(events: &[Envelope], as_of: AsOf) -> Option<KeyState> {
 }
 
 impl Service {
+    /// The account a listing by `actor` covers: the `requested` one (well-formed, and the
+    /// actor's own unless it is an admin), or for non-admins their own; `None` = all.
     pub fn account_filter(
         &self,
         actor: &Actor,
         requested: Option<String>,
     ) -> Result<Option<String>, ServiceError> {
+        if let Some(a) = &requested {
+            keyledger_core::validate::account(a)?;
+        }
         match (actor.account_limit(), requested) {
             (Some(limit), Some(a)) if a != limit => Err(ServiceError::Forbidden(
                 "account: only admin keys may read other accounts".into(),

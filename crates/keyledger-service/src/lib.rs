@@ -549,16 +549,7 @@ impl Service {
 
     pub fn list(&self, actor: &Actor, mut query: ListQuery) -> Result<ListPage, ServiceError> {
         actor.require(SCOPE_READ)?;
-        if let Some(limit) = actor.account_limit() {
-            match &query.account {
-                Some(a) if a != limit => {
-                    return Err(ServiceError::Forbidden(
-                        "account: only admin keys may list other accounts".into(),
-                    ));
-                }
-                _ => query.account = Some(limit.to_owned()),
-            }
-        }
+        query.account = self.account_filter(actor, query.account.take())?;
         Ok(self.inner.model.read().list(&query))
     }
 

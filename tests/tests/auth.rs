@@ -94,6 +94,81 @@ async fn an_empty_or_unreadable_key_header_is_refused_not_skipped() {
     }
 }
 
+/// Two values of one header are read differently by different proxies and frameworks (the
+/// first, the last, or joined), so neither is acted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_sent_twice_is_refused_not_read_either_way() {
+    let h = Harness::start_with(Config {
+        allow_query_key: true,
+        ..Config::default()
+    })
+    .await;
+    let (key, other) = h
+        .create_key(json!({ "name": "other", "scopes": ["keys:read"] }))
+        .await;
+    let path = format!("/v1/keys/{}", id_of(&key));
+    let twice = |name: &str, first: String, second: String| {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        headers.append(name.clone(), first.parse().unwrap());
+        headers.append(name, second.parse().unwrap());
+        headers
+    };
+    let bearer = |k: &str| format!("Bearer {k}");
+    for (name, first, second) in [
+        ("authorization", bearer(&h.admin), bearer(&other)),
+        ("authorization", bearer(&other), bearer(&h.admin)),
+        ("x-api-key", h.admin.clone(), other.clone()),
+        ("apikey", other.clone(), h.admin.clone()),
+    ] {
+        let r = h
+            .request(Method::GET, "/v1/me")
+            .headers(twice(name, first, second))
+            .send()
+            .await
+            .unwrap();
+        let err = Resp::from(r).await.expect_error(400, "validation_failed");
+        let message = err["message"].as_str().unwrap().to_lowercase();
+        assert!(
+            message.starts_with(&format!("{name}: sent more than once")),
+            "{message}"
+        );
+    }
+    let query = format!("/v1/me?apikey={}&apikey={other}", h.admin);
+    h.send_auth(Method::GET, &query, Auth::None, None)
+        .await
+        .expect_invalid_field("apikey");
+    // On writes: nothing is written.
+    let head = h.log_head().await;
+    let r = h
+        .request(Method::PATCH, &path)
+        .bearer_auth(&h.admin)
+        .headers(twice("if-match", "\"1\"".into(), "\"7\"".into()))
+        .json(&json!({ "name": "renamed" }))
+        .send()
+        .await
+        .unwrap();
+    Resp::from(r).await.expect_invalid_field("If-Match");
+    let r = h
+        .request(Method::POST, "/v1/keys")
+        .bearer_auth(&h.admin)
+        .headers(twice("idempotency-key", "a".into(), "b".into()))
+        .json(&json!({ "name": "twice" }))
+        .send()
+        .await
+        .unwrap();
+    Resp::from(r).await.expect_invalid_field("Idempotency-Key");
+    let r = h
+        .request(Method::DELETE, &path)
+        .bearer_auth(&h.admin)
+        .headers(twice("idempotency-key", "a".into(), "b".into()))
+        .send()
+        .await
+        .unwrap();
+    Resp::from(r).await.expect_invalid_field("Idempotency-Key");
+    assert_eq!(h.log_head().await, head);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_key_is_ignored_without_the_opt_in() {
     let h = Harness::start().await;

@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use keyledger_core::model::canonical_ip;
 use keyledger_service::{Actor, Caller, Idempotency, KeyEntry};
 use serde::de::DeserializeOwned;
@@ -52,6 +52,23 @@ fn idempotency(
     })
 }
 
+/// Header `name`'s value. Sent more than once it is ambiguous (one proxy or framework reads
+/// the first, another the last), so it is refused rather than read one way.
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+    label: &str,
+) -> Result<Option<&'a HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::validation(format!(
+            "{label}: sent more than once; send it once"
+        )));
+    }
+    Ok(first)
+}
+
 /// A command without a body (DELETE): the body must be blank or `{}`, so that a field sent to
 /// it is refused as on every other endpoint rather than ignored. Carries the request's
 /// `Idempotency-Key`, fingerprinted over method and path.
@@ -67,11 +84,10 @@ impl FromRequest<AppState> for NoBody {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let (mut parts, body) = req.into_parts();
         // Taken out, so that the body check below does not fingerprint it a second time.
-        let idem = parts
-            .headers
-            .remove(IDEMPOTENCY_KEY)
-            .map(|v| idempotency(&v, &parts.method, parts.uri.path(), b""))
+        let idem = single(&parts.headers, IDEMPOTENCY_KEY, "Idempotency-Key")?
+            .map(|v| idempotency(v, &parts.method, parts.uri.path(), b""))
             .transpose()?;
+        parts.headers.remove(IDEMPOTENCY_KEY);
         let JsonBody(NoFields {}, _) =
             JsonBody::from_request(Request::from_parts(parts, body), state).await?;
         Ok(NoBody(idem))
@@ -83,9 +99,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         // What the fingerprint needs, copied only when there is a key (the body consumes `req`).
-        let idem = req
-            .headers()
-            .get(IDEMPOTENCY_KEY)
+        let idem = single(req.headers(), IDEMPOTENCY_KEY, "Idempotency-Key")?
             .map(|v| (v.clone(), req.method().clone(), req.uri().path().to_owned()));
         let is_json = req
             .headers()
@@ -303,7 +317,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let Some(v) = parts.headers.get(header::IF_MATCH) else {
+        let Some(v) = single(&parts.headers, header::IF_MATCH.as_str(), "If-Match")? else {
             return Ok(IfMatch(None));
         };
         let s = v.to_str().unwrap_or("").trim();
@@ -331,12 +345,20 @@ impl Auth {
 }
 
 /// The presented key, borrowed from the request where it can be (a header), decoded where it
-/// must be (the query).
-pub(crate) fn presented_key(parts: &Parts, allow_query: bool) -> Option<Cow<'_, str>> {
+/// must be (the query). A source given twice is refused: which of two keys would act?
+pub(crate) fn presented_key(
+    parts: &Parts,
+    allow_query: bool,
+) -> Result<Option<Cow<'_, str>>, ApiError> {
     // A header that is present is the source, even empty or not ASCII (then it presents "",
     // which no key matches): a later source must not stand in for a broken earlier one.
     let h = &parts.headers;
-    if let Some(v) = h.get(header::AUTHORIZATION) {
+    let authorization = single(h, header::AUTHORIZATION.as_str(), "Authorization")?;
+    let (x_api_key, apikey) = (
+        single(h, "x-api-key", "X-API-Key")?,
+        single(h, "apikey", "APIKEY")?,
+    );
+    if let Some(v) = authorization {
         // The scheme is read from the bytes: a Bearer token that is not ASCII is still one.
         let bytes = v.as_bytes().trim_ascii();
         let scheme = bytes
@@ -345,19 +367,24 @@ pub(crate) fn presented_key(parts: &Parts, allow_query: bool) -> Option<Cow<'_, 
             .unwrap_or_default();
         if scheme.eq_ignore_ascii_case(b"bearer") {
             let token = header_text(v).get(scheme.len()..).unwrap_or_default();
-            return Some(Cow::Borrowed(token.trim()));
+            return Ok(Some(Cow::Borrowed(token.trim())));
         }
     }
-    if let Some(v) = ["x-api-key", "apikey"].iter().find_map(|n| h.get(*n)) {
-        return Some(Cow::Borrowed(header_text(v)));
+    if let Some(v) = x_api_key.or(apikey) {
+        return Ok(Some(Cow::Borrowed(header_text(v))));
     }
     if allow_query {
         let q = parts.uri.query().unwrap_or("");
-        return form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "apikey")
-            .map(|(_, v)| Cow::Owned(v.into_owned()));
+        let mut keys = form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == "apikey");
+        let first = keys.next();
+        if keys.next().is_some() {
+            return Err(ApiError::validation(
+                "apikey: sent more than once; send it once",
+            ));
+        }
+        return Ok(first.map(|(_, v)| Cow::Owned(v.into_owned())));
     }
-    None
+    Ok(None)
 }
 
 fn header_text(v: &HeaderValue) -> &str {
@@ -404,7 +431,7 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = presented_key(parts, state.allow_query_key);
+        let key = presented_key(parts, state.allow_query_key)?;
         let ip = client_ip(parts, &state.trusted_proxies);
         let now = std::time::Instant::now();
         // What the failed-authentication limit counts against (an IPv6 client's /64).

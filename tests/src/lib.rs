@@ -72,6 +72,8 @@ pub struct Config {
     pub max_keys_per_account: Option<usize>,
     /// A client must send its request head within this time.
     pub header_read_timeout: Option<Duration>,
+    /// A whole request must be answered within this time (else 408).
+    pub request_timeout: Option<Duration>,
     /// Connections one address may hold open.
     pub max_connections_per_ip: Option<usize>,
     /// Proxies whose `X-Forwarded-For` names the client.
@@ -87,6 +89,7 @@ impl Default for Config {
             key_rate_limit: None,
             max_keys_per_account: None,
             header_read_timeout: None,
+            request_timeout: None,
             max_connections_per_ip: None,
             trusted_proxies: Vec::new(),
         }
@@ -165,6 +168,9 @@ impl Harness {
         opts.trusted_proxies = self.config.trusted_proxies.clone();
         if let Some(t) = self.config.header_read_timeout {
             opts.limits.header_read_timeout = t;
+        }
+        if let Some(t) = self.config.request_timeout {
+            opts.request_timeout = t;
         }
         if let Some(n) = self.config.max_connections_per_ip {
             opts.limits.max_connections_per_ip = n;

@@ -255,6 +255,29 @@ fn raw(h: &Harness) -> TcpStream {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_length_beyond_the_body_limit_is_413_without_waiting_for_the_body() {
+    // Were the server to wait for the 999,999 bytes that never come, it would answer 408 when
+    // the request's time is up.
+    let h = Harness::start_with(Config {
+        request_timeout: Some(Duration::from_secs(2)),
+        ..Config::default()
+    })
+    .await;
+    let head = h.log_head().await;
+    let mut s = raw(&h);
+    let request = format!(
+        "POST /v1/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 999999\r\n\r\n{{\"name\":",
+        h.admin
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 413");
+    assert_eq!(h.log_head().await, head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_loris_connections_are_cut_and_do_not_block_others() {
     let h = Harness::start_with(Config {
         header_read_timeout: Some(Duration::from_millis(800)),

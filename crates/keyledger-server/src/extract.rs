@@ -114,13 +114,25 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
             .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"));
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body exceeds 64 KiB",
+            )
+        };
+        // A declared length beyond the limit is refused before waiting for a body that would be
+        // refused anyway (or that never comes).
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > crate::MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "request body exceeds 64 KiB",
-                )
+                too_large()
             } else {
                 ApiError::validation("could not read the request body")
             }

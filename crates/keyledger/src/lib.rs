@@ -51,6 +51,8 @@ pub struct ServeOptions {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Connection-level limits (header read timeout, connection cap).
     pub limits: Limits,
+    /// Longest time to receive a request and produce its response head (else 408).
+    pub request_timeout: std::time::Duration,
 }
 
 impl ServeOptions {
@@ -68,6 +70,7 @@ impl ServeOptions {
             max_keys_per_account: None,
             trusted_proxies: Vec::new(),
             limits: Limits::default(),
+            request_timeout: ServerConfig::default().request_timeout,
         }
     }
 }
@@ -199,6 +202,7 @@ pub async fn start_with(
             allow_query_key: opts.allow_query_key,
             key_rate_limit: opts.key_rate_limit,
             trusted_proxies: opts.trusted_proxies.clone(),
+            request_timeout: opts.request_timeout,
             ..ServerConfig::default()
         },
         metrics,

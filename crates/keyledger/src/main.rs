@@ -270,7 +270,6 @@ fn run() -> anyhow::Result<()> {
             trusted_proxies,
             worker_threads: _,
         } => rt.block_on(serve(ServeOptions {
-            data_dir: data.data_dir,
             listen,
             allow_query_key,
             bootstrap_key,
@@ -280,7 +279,7 @@ fn run() -> anyhow::Result<()> {
             key_rate_limit,
             max_keys_per_account: max_keys_per_account.map(|n| n as usize),
             trusted_proxies,
-            limits: keyledger_server::Limits::default(),
+            ..ServeOptions::new(data.data_dir)
         })),
         Command::Replay { data } => replay(&data),
         Command::Audit {

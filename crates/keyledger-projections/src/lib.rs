@@ -27,6 +27,9 @@ use keyledger_store::{Log, StoreError};
 pub enum ProjectionError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The persisted key table is not what folding the log gives ([`persisted::verify_table`]).
+    #[error("key table: {0}")]
+    TableMismatch(String),
 }
 
 /// Catches the persisted table up with the log and loads it into a fresh [`ReadModel`].

@@ -1,6 +1,7 @@
 //! The persisted key table: `key id -> KeyState` in the log's redb file, updated by
 //! [`KeyTableProjector`] inside each append's write transaction, with its checkpoint (the last
-//! applied seq) in the same transaction. It can therefore never disagree with the log.
+//! applied seq) in the same transaction. It can therefore never disagree with the log, unless
+//! the file is edited, which [`verify_table`] (`audit verify`) finds.
 
 use crate::ProjectionError;
 use keyledger_core::{KeyState, evolve, evolve_in_place, evolve_owned};
@@ -126,16 +127,24 @@ pub fn catch_up(
     Ok(applied)
 }
 
-/// Folds the whole log in memory, then writes the table in one transaction, in key order.
-/// Much faster than applying event by event: each key is encoded and written once.
-fn rebuild_all(
+/// Every key's state folded from the whole log: states, each key's index among them, the
+/// number of events applied and the last seq.
+struct Folded {
+    slots: std::collections::HashMap<Uuid, usize>,
+    states: Vec<KeyState>,
+    applied: u64,
+    last: u64,
+}
+
+/// Folds the whole log in memory. States live in a Vec and the map holds only their index:
+/// growing the map and sorting by id then move 20-byte pairs, not whole states. Each event is
+/// applied where its state lies.
+fn fold_states(
     log: &Log,
     head: u64,
     mut progress: impl FnMut(u64, u64),
-) -> Result<u64, ProjectionError> {
+) -> Result<Folded, ProjectionError> {
     use std::collections::hash_map::Entry;
-    // States live in a Vec and the map holds only their index: growing the map and sorting by id
-    // then move 20-byte pairs, not whole states. Each event is applied where its state lies.
     // Sized up front: growing them by doubling cost ~10 % of a 1M-key rebuild (copies, and the
     // kernel zeroing each fresh allocation).
     let keys = usize::try_from(log.stream_count()?).unwrap_or(0);
@@ -159,6 +168,27 @@ fn rebuild_all(
         }
         Ok(())
     })?;
+    Ok(Folded {
+        slots,
+        states,
+        applied,
+        last,
+    })
+}
+
+/// Folds the whole log in memory, then writes the table in one transaction, in key order.
+/// Much faster than applying event by event: each key is encoded and written once.
+fn rebuild_all(
+    log: &Log,
+    head: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, ProjectionError> {
+    let Folded {
+        slots,
+        states,
+        applied,
+        last,
+    } = fold_states(log, head, &mut progress)?;
     let mut ordered: Vec<(Uuid, usize)> = slots.into_iter().collect();
     ordered.sort_unstable_by_key(|(id, _)| *id);
     let txn = log.database()?.begin_write().map_err(storage)?;
@@ -216,6 +246,99 @@ fn write_in_order(
         }
         Ok(())
     })
+}
+
+/// Checks that the persisted key table is what folding the log gives: every key, every field,
+/// at the log's head. The service trusts the table at start-up, and it is not signed, so an
+/// edit of it (a key's scopes or secret hash, say) is found here. Fold the log only after its
+/// replay rows were checked against their signed events (`audit::verify_log`): the fold reads
+/// them. Returns the number of keys. `last_used_at` is not in the log, so not checked.
+pub fn verify_table(log: &Log, progress: impl FnMut(u64, u64)) -> Result<u64, ProjectionError> {
+    let mismatch = |what: String| ProjectionError::TableMismatch(what);
+    let (head, _) = log.head()?;
+    let folded = fold_states(log, head, progress)?;
+    let txn = log.database()?.begin_read().map_err(storage)?;
+    let (checkpoint, format) = match txn.open_table(META) {
+        Ok(meta) => {
+            let get = |name| {
+                meta.get(name)
+                    .map(|v| v.map_or(0, |v| v.value()))
+                    .map_err(storage)
+            };
+            (get(CHECKPOINT)?, get("keys_format")?)
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => (0, FORMAT),
+        Err(e) => return Err(storage(e).into()),
+    };
+    if format != FORMAT {
+        return Err(mismatch(format!(
+            "stored in format {format}, which this version does not read (it reads {FORMAT}); \
+             start the service once to rebuild it"
+        )));
+    }
+    if checkpoint != head {
+        return Err(mismatch(format!(
+            "its checkpoint is seq {checkpoint}, the log's head {head}"
+        )));
+    }
+    let keys = match txn.open_table(KEYS) {
+        Ok(keys) => Some(keys),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(storage(e).into()),
+    };
+    let mut rows = 0u64;
+    let range = keys
+        .as_ref()
+        .map(|k| k.iter())
+        .transpose()
+        .map_err(storage)?;
+    for item in range.into_iter().flatten() {
+        let (id, bytes) = item.map_err(storage)?;
+        let id = Uuid::from_u128(id.value());
+        let stored = decode_state(bytes.value())
+            .map_err(|e| mismatch(format!("key {id}: unreadable ({e})")))?;
+        let Some(&slot) = folded.slots.get(&id) else {
+            return Err(mismatch(format!("key {id} is not in the log")));
+        };
+        if let Some(field) = first_difference(&stored, &folded.states[slot]) {
+            return Err(mismatch(format!(
+                "key {id}: `{field}` differs from the log"
+            )));
+        }
+        rows += 1;
+    }
+    if rows != folded.states.len() as u64 {
+        let missing = folded
+            .states
+            .iter()
+            .find(|s| {
+                keys.as_ref()
+                    .is_none_or(|k| k.get(s.id.as_u128()).ok().flatten().is_none())
+            })
+            .map_or_else(|| "?".to_owned(), |s| s.id.to_string());
+        return Err(mismatch(format!(
+            "{} keys of the log are missing from it, the first {missing}",
+            folded.states.len() as u64 - rows
+        )));
+    }
+    Ok(rows)
+}
+
+/// The first field in which two states differ, by name.
+fn first_difference(a: &KeyState, b: &KeyState) -> Option<String> {
+    if a == b {
+        return None;
+    }
+    let (serde_json::Value::Object(a), serde_json::Value::Object(b)) = (
+        serde_json::to_value(a).unwrap_or_default(),
+        serde_json::to_value(b).unwrap_or_default(),
+    ) else {
+        return Some("state".into());
+    };
+    a.iter()
+        .find(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .or_else(|| Some("state".into()))
 }
 
 /// Number of keys in the persisted table (to size the in-memory model before loading it).

@@ -401,12 +401,10 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
+    let pb = ProgressBar::new(len).with_prefix(what.to_owned());
     pb.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what} {{bar:40}} {{pos}}/{{len}} events ({{per_sec}}, eta {{eta}})"
-        ))
-        .expect("valid template"),
+        ProgressStyle::with_template("{prefix} {bar:40} {pos}/{len} events ({per_sec}, eta {eta})")
+            .expect("valid template"),
     );
     pb
 }
@@ -464,11 +462,23 @@ fn audit_verify(data: &DataArgs, public_keys: &[PathBuf]) -> anyhow::Result<()> 
         if seq % 1024 == 0 {
             pb.set_position(seq);
         }
+    })
+    .map_err(|e| e.to_string())
+    .and_then(|n| {
+        // The key table is folded from the replay rows, which verify_log has just checked.
+        pb.reset();
+        pb.set_prefix("key table");
+        keyledger_projections::persisted::verify_table(&log, |done, _| pb.set_position(done))
+            .map(|keys| (n, keys))
+            .map_err(|e| e.to_string())
     });
     pb.finish_and_clear();
     match result {
-        Ok(n) => {
-            println!("ok: {n} events, chain, signatures and replay rows verified");
+        Ok((n, keys)) => {
+            println!(
+                "ok: {n} events, chain, signatures and replay rows verified; \
+                 the key table ({keys} keys) matches the log"
+            );
             Ok(())
         }
         Err(e) => {

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const KEY_TABLE: TableDefinition<u128, &[u8]> = TableDefinition::new("proj_keys");
 
 fn keyledger(args: &[&str], data: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_keyledger"))
@@ -70,6 +71,26 @@ fn with_events(dir: &Path, f: impl FnOnce(&mut redb::Table<u64, &[u8]>)) {
         f(&mut t);
     }
     txn.commit().unwrap();
+}
+
+fn with_key_table(dir: &Path, f: impl FnOnce(&mut redb::Table<u128, &[u8]>)) {
+    let db = Database::create(log_path(dir)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(KEY_TABLE).unwrap();
+        f(&mut t);
+    }
+    txn.commit().unwrap();
+}
+
+/// The id of the key named `name`, from `keys list`.
+fn key_id(dir: &Path, name: &str) -> uuid::Uuid {
+    let list = ok(keyledger(&["keys", "list"], dir));
+    list.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|k| k["name"] == name)
+        .and_then(|k| k["id"].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no key {name}: {list}"))
 }
 
 fn read_event(t: &redb::Table<u64, &[u8]>, seq: u64) -> Value {
@@ -185,6 +206,46 @@ fn audit_verify_accepts_an_untouched_log() {
     let dir = populated();
     let out = ok(keyledger(&["audit", "verify"], dir.path()));
     assert!(out.contains("4 events"), "{out}");
+    assert!(
+        out.contains("the key table (3 keys) matches the log"),
+        "{out}"
+    );
+}
+
+/// The service trusts its key table at start-up, and the table is not signed: an edit of it
+/// (a name here; scopes or a secret hash would be worse) must not pass the audit.
+#[test]
+fn audit_verify_names_an_edited_or_missing_key_table_row() {
+    let dir = populated();
+    let two = key_id(dir.path(), "two");
+    with_key_table(dir.path(), |t| {
+        let mut row = t.get(two.as_u128()).unwrap().unwrap().value().to_vec();
+        let at = row.windows(3).position(|w| w == b"two").expect("the name");
+        row[at + 2] = b'x';
+        t.insert(two.as_u128(), row.as_slice()).unwrap();
+    });
+    assert_eq!(
+        key_id(dir.path(), "twx"),
+        two,
+        "the service reads the table"
+    );
+    let err = audit_failure(dir.path());
+    assert!(
+        err.contains(&format!(
+            "key table: key {two}: `name` differs from the log"
+        )),
+        "{err}"
+    );
+    with_key_table(dir.path(), |t| {
+        t.remove(two.as_u128()).unwrap();
+    });
+    let err = audit_failure(dir.path());
+    assert!(
+        err.contains(&format!(
+            "key table: 1 keys of the log are missing from it, the first {two}"
+        )),
+        "{err}"
+    );
 }
 
 #[test]

@@ -403,8 +403,15 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len).with_prefix(what.to_owned());
     pb.set_style(
-        ProgressStyle::with_template("{prefix} {bar:40} {pos}/{len} events ({per_sec}, eta {eta})")
-            .expect("valid template"),
+        ProgressStyle::with_template("{prefix} {bar:40} {pos}/{len} events ({rate}, eta {eta})")
+            .expect("valid template")
+            // indicatif's own {per_sec} prints four decimals ("13,396.1255/s").
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}/s", state.per_sec());
+                },
+            ),
     );
     pb
 }

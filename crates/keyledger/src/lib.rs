@@ -137,7 +137,9 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Server> {
 
 fn bootstrap_preset(key: &str) -> anyhow::Result<Secret> {
     Secret::parse(key.trim()).map_err(|e| {
-        anyhow::anyhow!("KEYLEDGER_BOOTSTRAP_KEY is not a well-formed keyledger key: {e}")
+        anyhow::anyhow!(
+            "--bootstrap-key (KEYLEDGER_BOOTSTRAP_KEY) is not a well-formed keyledger key: {e}"
+        )
     })
 }
 

@@ -437,6 +437,14 @@ async fn follow_log<W: Write>(
                 let status = resp.status();
                 let body: Value = resp.json().await.unwrap_or(Value::Null);
                 let message = body["error"]["message"].as_str().unwrap_or("");
+                // The resume point is sent as `Last-Event-ID`; a first one beyond the log is
+                // the operator's `--from`, so say that.
+                if let (false, Start::Seq(n), true) =
+                    (connected_once, from, message.starts_with("Last-Event-ID"))
+                {
+                    let head = log_head(client, base).await?;
+                    bail!("--from {n}: beyond the log, whose last seq is {head}");
+                }
                 bail!("{base}/v1/events/stream answered {status}: {message}");
             }
             // The first connection must work: a wrong URL is not worth waiting on.

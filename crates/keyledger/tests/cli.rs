@@ -686,6 +686,20 @@ fn events_tail_follows_the_log_of_a_running_server_without_nats() {
         assert!(line.ends_with(" ✓"), "{line}");
     }
     assert!(!stdout.contains(&key), "the API key is never printed");
+    // A start beyond the log is named as the operator gave it.
+    let out = Command::new(env!("CARGO_BIN_EXE_keyledger"))
+        .args(["events", "tail", "--source", "log", "--from", "99"])
+        .args(["--url", &format!("http://{}", served.addr)])
+        .env("KEYLEDGER_API_KEY", &key)
+        .env("KEYLEDGER_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--from 99: beyond the log, whose last seq is 2"),
+        "{stderr}"
+    );
     served.stop();
 }
 

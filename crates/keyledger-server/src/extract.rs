@@ -365,12 +365,7 @@ pub(crate) fn presented_key(
     // A header that is present is the source, even empty or not ASCII (then it presents "",
     // which no key matches): a later source must not stand in for a broken earlier one.
     let h = &parts.headers;
-    let authorization = single(h, header::AUTHORIZATION.as_str(), "Authorization")?;
-    let (x_api_key, apikey) = (
-        single(h, "x-api-key", "X-API-Key")?,
-        single(h, "apikey", "APIKEY")?,
-    );
-    if let Some(v) = authorization {
+    if let Some(v) = single(h, header::AUTHORIZATION.as_str(), "Authorization")? {
         // The scheme is read from the bytes: a Bearer token that is not ASCII is still one.
         let bytes = v.as_bytes().trim_ascii();
         let scheme = bytes
@@ -382,8 +377,10 @@ pub(crate) fn presented_key(
             return Ok(Some(Cow::Borrowed(token.trim())));
         }
     }
-    if let Some(v) = x_api_key.or(apikey) {
-        return Ok(Some(Cow::Borrowed(header_text(v))));
+    for (name, label) in [("x-api-key", "X-API-Key"), ("apikey", "APIKEY")] {
+        if let Some(v) = single(h, name, label)? {
+            return Ok(Some(Cow::Borrowed(header_text(v))));
+        }
     }
     if allow_query {
         let q = parts.uri.query().unwrap_or("");

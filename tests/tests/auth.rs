@@ -140,32 +140,40 @@ async fn a_header_sent_twice_is_refused_not_read_either_way() {
         .expect_invalid_field("apikey");
     // On writes: nothing is written.
     let head = h.log_head().await;
-    let r = h
-        .request(Method::PATCH, &path)
-        .bearer_auth(&h.admin)
-        .headers(twice("if-match", "\"1\"".into(), "\"7\"".into()))
-        .json(&json!({ "name": "renamed" }))
-        .send()
-        .await
-        .unwrap();
-    Resp::from(r).await.expect_invalid_field("If-Match");
-    let r = h
-        .request(Method::POST, "/v1/keys")
-        .bearer_auth(&h.admin)
-        .headers(twice("idempotency-key", "a".into(), "b".into()))
-        .json(&json!({ "name": "twice" }))
-        .send()
-        .await
-        .unwrap();
-    Resp::from(r).await.expect_invalid_field("Idempotency-Key");
-    let r = h
-        .request(Method::DELETE, &path)
-        .bearer_auth(&h.admin)
-        .headers(twice("idempotency-key", "a".into(), "b".into()))
-        .send()
-        .await
-        .unwrap();
-    Resp::from(r).await.expect_invalid_field("Idempotency-Key");
+    let idempotency = || twice("idempotency-key", "a".into(), "b".into());
+    for (method, path, headers, body, field) in [
+        (
+            Method::PATCH,
+            path.as_str(),
+            twice("if-match", "\"1\"".into(), "\"7\"".into()),
+            Some(json!({ "name": "renamed" })),
+            "If-Match",
+        ),
+        (
+            Method::POST,
+            "/v1/keys",
+            idempotency(),
+            Some(json!({ "name": "twice" })),
+            "Idempotency-Key",
+        ),
+        (
+            Method::DELETE,
+            path.as_str(),
+            idempotency(),
+            None,
+            "Idempotency-Key",
+        ),
+    ] {
+        let mut request = h
+            .request(method, path)
+            .bearer_auth(&h.admin)
+            .headers(headers);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let r = request.send().await.unwrap();
+        Resp::from(r).await.expect_invalid_field(field);
+    }
     assert_eq!(h.log_head().await, head);
 }
 

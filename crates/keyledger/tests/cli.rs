@@ -63,24 +63,27 @@ fn log_path(dir: &Path) -> std::path::PathBuf {
     dir.join("keyledger.redb")
 }
 
-fn with_events(dir: &Path, f: impl FnOnce(&mut redb::Table<u64, &[u8]>)) {
+/// Edits `table` of the log file directly, as an intruder with the file could.
+fn with_table<K: redb::Key + 'static>(
+    dir: &Path,
+    table: TableDefinition<K, &[u8]>,
+    f: impl FnOnce(&mut redb::Table<K, &[u8]>),
+) {
     let db = Database::create(log_path(dir)).unwrap();
     let txn = db.begin_write().unwrap();
     {
-        let mut t = txn.open_table(EVENTS).unwrap();
+        let mut t = txn.open_table(table).unwrap();
         f(&mut t);
     }
     txn.commit().unwrap();
 }
 
+fn with_events(dir: &Path, f: impl FnOnce(&mut redb::Table<u64, &[u8]>)) {
+    with_table(dir, EVENTS, f)
+}
+
 fn with_key_table(dir: &Path, f: impl FnOnce(&mut redb::Table<u128, &[u8]>)) {
-    let db = Database::create(log_path(dir)).unwrap();
-    let txn = db.begin_write().unwrap();
-    {
-        let mut t = txn.open_table(KEY_TABLE).unwrap();
-        f(&mut t);
-    }
-    txn.commit().unwrap();
+    with_table(dir, KEY_TABLE, f)
 }
 
 /// The id of the key named `name`, from `keys list`.

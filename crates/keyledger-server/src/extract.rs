@@ -156,7 +156,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                "Content-Type must be application/json",
+                "Content-Type must be application/json (UTF-8)",
             ));
         }
         let value = parse_body(&bytes)?;
@@ -172,20 +172,28 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// `application/json` or any `+json` type, parameters ignored, in any case. Compared without
+/// `application/json` or a `type/prefix+json` type, in any case; a `charset` parameter, if
+/// any, must be UTF-8 (JSON is UTF-8), other parameters are ignored. Compared without
 /// lowercasing into a new string: every body passes here.
 fn is_json_media_type(content_type: &str) -> bool {
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .as_bytes();
-    mime.eq_ignore_ascii_case(b"application/json")
-        || mime
-            .len()
-            .checked_sub(5)
-            .is_some_and(|at| mime[at..].eq_ignore_ascii_case(b"+json"))
+    let mut parts = content_type.split(';');
+    let mime = parts.next().unwrap_or("").trim();
+    let Some((kind, subtype)) = mime.split_once('/') else {
+        return false;
+    };
+    let json = mime.eq_ignore_ascii_case("application/json")
+        || (!kind.is_empty()
+            && subtype.len().checked_sub(5).is_some_and(|at| {
+                at > 0 && subtype.as_bytes()[at..].eq_ignore_ascii_case(b"+json")
+            }));
+    let utf8 = parts.all(|param| match param.split_once('=') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let value = value.trim().trim_matches('"');
+            value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    });
+    json && utf8
 }
 
 /// Parses a request body as the server does: a blank body reads as `{}`; anything but a JSON
@@ -498,6 +506,8 @@ mod tests {
             " application/json ; charset=utf-8",
             "application/merge-patch+json",
             "application/VND.API+JSON;v=1",
+            "application/json; charset=\"UTF-8\"",
+            "application/json;charset=utf8",
         ] {
             assert!(is_json_media_type(ct), "{ct}");
         }
@@ -507,6 +517,11 @@ mod tests {
             "application/jsonx",
             "json",
             "application/json-seq",
+            "+json",
+            "/+json",
+            "application/+json",
+            "application/json; charset=latin1",
+            "application/vnd.api+json; charset=utf-16",
         ] {
             assert!(!is_json_media_type(ct), "{ct}");
         }

@@ -134,42 +134,55 @@ fn create(new: &NewKey, now: Timestamp) -> Result<Event, DomainError> {
     }))
 }
 
-/// Keeps only the fields whose new value differs from the current one.
+/// Keeps only the fields whose new value differs from the current one. A field sent with the
+/// value the key already has changes nothing and is not validated again: a key stored under
+/// older rules (or an expiry since passed) can be sent back as it was read.
 fn update(state: &KeyState, patch: &KeyPatch, now: Timestamp) -> Result<Vec<Event>, DomainError> {
     fn changed<T: PartialEq>(new: Option<T>, old: &T) -> Option<T> {
         new.filter(|n| n != old)
     }
-    if let Some(name) = &patch.name {
+    let name = changed(patch.name.clone(), &state.name);
+    if let Some(name) = &name {
         validate::name(name)?;
     }
-    if let Some(owner) = &patch.owner {
+    let owner = changed(patch.owner.clone(), &state.owner);
+    if let Some(owner) = &owner {
         validate::owner(owner.as_deref())?;
     }
-    if let Some(role) = &patch.role {
+    let role = changed(patch.role.clone(), &state.role);
+    if let Some(role) = &role {
         validate::role(role.as_deref())?;
     }
-    let scopes = patch.scopes.as_deref().map(validate::scopes).transpose()?;
+    let scopes = changed(patch.scopes.as_ref(), &&state.scopes)
+        .map(|s| validate::scopes(s))
+        .transpose()?;
     let ips = patch
         .allowed_ips
         .as_deref()
         .map(validate::allowed_ips)
         .transpose()?;
-    if let Some(expires_at) = patch.expires_at {
+    let expires_at = changed(patch.expires_at, &state.expires_at);
+    if let Some(expires_at) = expires_at {
         validate::expires_at(expires_at, now)?;
     }
     let metadata = patch
         .metadata
         .as_ref()
+        .filter(|m| match m {
+            serde_json::Value::Object(m) => *m != state.metadata,
+            serde_json::Value::Null => !state.metadata.is_empty(),
+            _ => true,
+        })
         .map(|m| validate::metadata(Some(m)))
         .transpose()?;
     let changes = Updated {
-        name: changed(patch.name.clone(), &state.name),
-        owner: changed(patch.owner.clone(), &state.owner),
-        role: changed(patch.role.clone(), &state.role),
+        name,
+        owner,
+        role,
         scopes: changed(scopes, &state.scopes),
         allowed_ips: changed(ips, &state.allowed_ips),
         enabled: changed(patch.enabled, &state.enabled),
-        expires_at: changed(patch.expires_at, &state.expires_at),
+        expires_at,
         metadata: changed(metadata, &state.metadata),
     };
     Ok(if changes.is_empty() {

@@ -134,6 +134,18 @@ async fn a_header_sent_twice_is_refused_not_read_either_way() {
             "{message}"
         );
     }
+    // Authorization of another scheme is not a source: two of them are no repeat of one.
+    let mut basic = twice("authorization", "Basic dTpw".into(), "Basic dTpx".into());
+    basic.insert("x-api-key", other.parse().unwrap());
+    let r = h.request(Method::GET, "/v1/me").headers(basic).send().await;
+    let me = Resp::from(r.unwrap()).await.expect(200).json();
+    assert_eq!(me["name"], "other");
+    let mut mixed = twice("authorization", "Basic dTpw".into(), bearer(&h.admin));
+    mixed.insert("x-api-key", other.parse().unwrap());
+    let r = h.request(Method::GET, "/v1/me").headers(mixed).send().await;
+    Resp::from(r.unwrap())
+        .await
+        .expect_invalid_field("Authorization");
     let query = format!("/v1/me?apikey={}&apikey={other}", h.admin);
     h.send_auth(Method::GET, &query, Auth::None, None)
         .await

@@ -373,17 +373,16 @@ pub(crate) fn presented_key(
     // A header that is present is the source, even empty or not ASCII (then it presents "",
     // which no key matches): a later source must not stand in for a broken earlier one.
     let h = &parts.headers;
-    if let Some(v) = single(h, header::AUTHORIZATION.as_str(), "Authorization")? {
-        // The scheme is read from the bytes: a Bearer token that is not ASCII is still one.
-        let bytes = v.as_bytes().trim_ascii();
-        let scheme = bytes
-            .split(|&b| b == b' ' || b == b'\t')
-            .next()
-            .unwrap_or_default();
-        if scheme.eq_ignore_ascii_case(b"bearer") {
-            let token = header_text(v).get(scheme.len()..).unwrap_or_default();
-            return Ok(Some(Cow::Borrowed(token.trim())));
+    // `Authorization` of another scheme is not a source (it may be meant for a proxy), so it
+    // is a repeat only when one of the values is a Bearer token.
+    let authorization = h.get_all(header::AUTHORIZATION);
+    if let Some(token) = authorization.iter().find_map(bearer_token) {
+        if authorization.iter().nth(1).is_some() {
+            return Err(ApiError::validation(
+                "Authorization: sent more than once; send it once",
+            ));
         }
+        return Ok(Some(Cow::Borrowed(token)));
     }
     for (name, label) in [("x-api-key", "X-API-Key"), ("apikey", "APIKEY")] {
         if let Some(v) = single(h, name, label)? {
@@ -402,6 +401,23 @@ pub(crate) fn presented_key(
         return Ok(first.map(|(_, v)| Cow::Owned(v.into_owned())));
     }
     Ok(None)
+}
+
+/// The token of an `Authorization: Bearer <token>` value; `None` for another scheme. The
+/// scheme is read from the bytes: a Bearer token that is not ASCII is still one (and presents
+/// "", which no key matches).
+fn bearer_token(v: &HeaderValue) -> Option<&str> {
+    let bytes = v.as_bytes().trim_ascii();
+    let scheme = bytes
+        .split(|&b| b == b' ' || b == b'\t')
+        .next()
+        .unwrap_or_default();
+    scheme.eq_ignore_ascii_case(b"bearer").then(|| {
+        header_text(v)
+            .get(scheme.len()..)
+            .unwrap_or_default()
+            .trim()
+    })
 }
 
 fn header_text(v: &HeaderValue) -> &str {

@@ -87,16 +87,19 @@ pub struct KeyWithSecret {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
-    /// 1 to 255 characters, not all blank, no control characters or line breaks.
+    /// 1 to 255 characters, not all blank, no control characters or line breaks. (Invisible
+    /// characters outside the BMP, such as tags, count as blank too; the pattern cannot name
+    /// them for every regex dialect.)
     #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// `[A-Za-z0-9_-]{1,64}`; default: the caller's account (`default` for admins).
     #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     pub account: Option<String>,
-    /// Not blank, no control, line-break or invisible characters.
+    /// Not blank, no control, line-break or invisible characters (also those outside the BMP,
+    /// such as tags, which the pattern cannot name for every regex dialect).
     #[schema(min_length = 1, max_length = 255)]
     pub owner: Option<String>,
-    /// Not blank, no control, line-break or invisible characters.
+    /// As `owner`.
     #[schema(min_length = 1, max_length = 64)]
     pub role: Option<String>,
     /// At most 100, duplicates included; duplicates are then dropped.
@@ -214,11 +217,14 @@ impl ToSchema for Scope {}
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyRequest {
+    /// As on create. A value the key already has is taken as it is.
     #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
+    /// As on create. A value the key already has is taken as it is.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
     pub owner: Option<Option<String>>,
+    /// As on create. A value the key already has is taken as it is.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 64)]
     pub role: Option<Option<String>>,

@@ -150,6 +150,36 @@ async fn commands_succeed_while_nats_is_down_and_every_event_arrives_once_after_
     assert_stream_is_the_log(&messages, head);
 }
 
+/// An outage while no event waits must show too: an operator alerting on `connected` would
+/// otherwise learn of it only with the next revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_with_nothing_to_publish_shows_in_readyz_and_ends_there() {
+    let mut nats = NatsServer::start();
+    let h = Harness::start_publishing_to(&nats).await;
+    published(&h).await;
+    nats.kill();
+    let connected = async |want: bool| {
+        let r = h.get("/readyz", &h.admin).await.expect(200).json();
+        (r["nats"]["connected"] == want).then_some(r)
+    };
+    let down = eventually(
+        "readyz to report the outage",
+        Duration::from_secs(10),
+        async || connected(false).await,
+    )
+    .await;
+    assert_eq!(down["nats"]["lag_events"], 0, "{down}");
+    nats.restart();
+    eventually(
+        "readyz to report the reconnection",
+        Duration::from_secs(15),
+        async || connected(true).await,
+    )
+    .await;
+    h.create_key(json!({ "name": "after" })).await;
+    published(&h).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_from_the_start_is_caught_up_later() {
     let mut nats = NatsServer::start();

@@ -233,7 +233,7 @@ async fn session(
         .connect(config.url.as_str())
         .await
         .map_err(err(NatsError::Connect))?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let mut stream = js
         .get_or_create_stream(stream_config())
         .await
@@ -280,6 +280,11 @@ async fn session(
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => break,
             }
+            // With nothing to publish, only the client's own view shows an outage (it
+            // reconnects by itself; a publish that fails meanwhile ends the session).
+            status.set_connected(
+                client.connection_state() == async_nats::connection::State::Connected,
+            );
             continue;
         };
         status.set_oldest_pending(first.occurred_at.millis());

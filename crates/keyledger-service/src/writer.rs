@@ -142,6 +142,8 @@ impl Writer {
         // Idempotency keys of this batch -> (fingerprint, index in `pending`).
         let mut batch_keys: HashMap<String, (String, usize)> = HashMap::new();
         // How this batch changes each account's count of live keys (for the per-account limit).
+        // It assumes each decided append commits; one refused in the batch (a version conflict,
+        // which the single writer never causes against its own model) would leave it off by one.
         let mut live_delta: HashMap<String, isize> = HashMap::new();
         {
             let model = self.model.read();

@@ -239,7 +239,19 @@ fn audit_verify_names_an_edited_or_missing_key_table_row() {
         )),
         "{err}"
     );
+    // A row for a key the log never made (copied from another key).
+    let stray = uuid::Uuid::from_u128(7);
     with_key_table(dir.path(), |t| {
+        let row = t.get(two.as_u128()).unwrap().unwrap().value().to_vec();
+        t.insert(stray.as_u128(), row.as_slice()).unwrap();
+    });
+    let err = audit_failure(dir.path());
+    assert!(
+        err.contains(&format!("key table: key {stray} is not in the log")),
+        "{err}"
+    );
+    with_key_table(dir.path(), |t| {
+        t.remove(stray.as_u128()).unwrap();
         t.remove(two.as_u128()).unwrap();
     });
     let err = audit_failure(dir.path());

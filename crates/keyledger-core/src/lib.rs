@@ -134,6 +134,18 @@ fn create(new: &NewKey, now: Timestamp) -> Result<Event, DomainError> {
     }))
 }
 
+/// Whether `metadata` sent in a patch (`null` = `{}`) differs from a key's `current` one.
+pub fn metadata_differs(
+    metadata: &serde_json::Value,
+    current: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
+    match metadata {
+        serde_json::Value::Object(m) => m != current,
+        serde_json::Value::Null => !current.is_empty(),
+        _ => true,
+    }
+}
+
 /// Keeps only the fields whose new value differs from the current one. A field sent with the
 /// value the key already has changes nothing and is not validated again: a key stored under
 /// older rules (or an expiry since passed) can be sent back as it was read.
@@ -168,11 +180,7 @@ fn update(state: &KeyState, patch: &KeyPatch, now: Timestamp) -> Result<Vec<Even
     let metadata = patch
         .metadata
         .as_ref()
-        .filter(|m| match m {
-            serde_json::Value::Object(m) => *m != state.metadata,
-            serde_json::Value::Null => !state.metadata.is_empty(),
-            _ => true,
-        })
+        .filter(|m| metadata_differs(m, &state.metadata))
         .map(|m| validate::metadata(Some(m)))
         .transpose()?;
     let changes = Updated {

@@ -229,11 +229,10 @@ impl Bounds<'_> {
                     _ => false,
                 };
                 // Only values that differ count: a PUT repeats what it does not change.
-                let metadata_changes = patch.metadata.as_ref().is_some_and(|m| match m {
-                    serde_json::Value::Object(o) => *o != s.metadata,
-                    serde_json::Value::Null => !s.metadata.is_empty(),
-                    _ => true,
-                });
+                let metadata_changes = patch
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| keyledger_core::metadata_differs(m, &s.metadata));
                 let described = patch.role.as_ref().is_some_and(|r| *r != s.role)
                     || patch.owner.as_ref().is_some_and(|o| *o != s.owner)
                     || metadata_changes;

@@ -399,11 +399,13 @@ async fn non_admin_cannot_set_wider_allowed_ips_or_a_later_expiry_than_its_own()
             .await
             .expect_error(403, "forbidden");
     }
-    // Repeating the values it has (as a PUT does) is no change.
+    // Repeating the values it has (as a PUT does) is no change, its unlimited address list
+    // and expiry included: a form sends back what it read.
     h.put(
         &sibling,
         &ops,
-        &json!({ "name": "renamed again", "role": null, "owner": null, "metadata": {} }),
+        &json!({ "name": "renamed again", "role": null, "owner": null, "metadata": {},
+                 "allowed_ips": [], "expires_at": null }),
     )
     .await
     .expect(200);

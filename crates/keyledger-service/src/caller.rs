@@ -212,12 +212,21 @@ impl Bounds<'_> {
         match action {
             Action::Create(new) => self.may_set(Some(&new.allowed_ips), Some(new.expires_at)),
             Action::Update(patch) => {
-                self.may_set(patch.allowed_ips.as_deref(), patch.expires_at)?;
+                let Some(s) = current else { return Ok(()) };
+                // Only changes are bounded: a value the key already has grants nothing.
+                let same_ips = |ips: &[String]| {
+                    let parsed: Option<Vec<_>> =
+                        ips.iter().map(|ip| parse_net(ip.trim())).collect();
+                    parsed.is_some_and(|p| p == s.allowed_ips)
+                };
+                self.may_set(
+                    patch.allowed_ips.as_deref().filter(|ips| !same_ips(ips)),
+                    patch.expires_at.filter(|e| *e != s.expires_at),
+                )?;
                 // A key less limited than the caller (once patched) may be renamed, narrowed,
                 // disabled or stripped of scopes; anything that gives it more (scopes, a later
                 // expiry, enabled again) or says more about it to those who verify it (role,
                 // owner, metadata) would let the caller act through it beyond its own limits.
-                let Some(s) = current else { return Ok(()) };
                 let more_scopes = patch
                     .scopes
                     .as_ref()

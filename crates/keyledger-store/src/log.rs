@@ -941,11 +941,22 @@ fn stream_in(txn: &ReadTransaction, key_id: Uuid) -> Result<Vec<Envelope>, Store
     let k = key_id.as_u128();
     let mut out = Vec::new();
     for item in index.range((k, 0)..=(k, u64::MAX))? {
-        let (_, seq) = item?;
-        let bytes = events.get(seq.value())?.ok_or_else(|| {
-            StoreError::Corrupt(format!("index points at missing seq {}", seq.value()))
-        })?;
-        out.push(decode(bytes.value())?);
+        let (at, seq) = item?;
+        let (version, seq) = (at.value().1, seq.value());
+        let bytes = events
+            .get(seq)?
+            .ok_or_else(|| StoreError::Corrupt(format!("index points at missing seq {seq}")))?;
+        let env = decode(bytes.value())?;
+        // The index is not signed: an edited row must not hand out another key's event
+        // (another account's, say) as this key's history.
+        if env.key_id != key_id || env.version != version {
+            return Err(StoreError::Corrupt(format!(
+                "the stream index puts seq {seq} at version {version} of key {key_id}; it is \
+                 version {} of key {}",
+                env.version, env.key_id
+            )));
+        }
+        out.push(env);
     }
     Ok(out)
 }
@@ -1116,5 +1127,48 @@ mod signing_pool_tests {
         };
         let h = hashes(16);
         assert_eq!(pool.sign(&keys, h.clone()), alone(&keys, &h));
+    }
+}
+
+#[cfg(test)]
+mod stream_index_tests {
+    use super::*;
+    use keyledger_core::event::{Deleted, Event};
+
+    #[test]
+    fn an_index_row_pointing_at_another_keys_event_is_corrupt_not_that_keys_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(
+            &dir.path().join("log.redb"),
+            SigningKeys::ephemeral([5; 32], Timestamp(0)),
+        )
+        .unwrap();
+        let (mine, theirs) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        for key_id in [mine, theirs] {
+            let request = AppendRequest {
+                key_id,
+                account: "default".into(),
+                expected_version: 0,
+                actor: "test".into(),
+                occurred_at: Timestamp(1),
+                events: vec![(Uuid::now_v7(), Event::Deleted(Deleted {}))],
+                idempotency: None,
+            };
+            log.append(request, &mut NoProjection).unwrap().unwrap();
+        }
+        assert_eq!(log.stream(mine).unwrap()[0].key_id, mine);
+        {
+            let txn = log.database().unwrap().begin_write().unwrap();
+            txn.open_table(STREAM_INDEX)
+                .unwrap()
+                .insert((mine.as_u128(), 1), 2)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = log.stream(mine).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("seq 2 at version 1 of key {mine}")),
+            "{err}"
+        );
     }
 }

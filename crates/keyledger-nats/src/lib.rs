@@ -308,6 +308,8 @@ async fn session(
             published = ev.seq;
             status.acked(ev.seq, ev.occurred_at.millis());
         }
+        // Acknowledged: connected, whatever the idle check saw while the client reconnected.
+        status.set_connected(true);
         status.set_published(published);
         cursor.record(&log, published, false).await?;
     }

@@ -52,14 +52,10 @@ fn idempotency(
     })
 }
 
-/// Header `name`'s value. Sent more than once it is ambiguous (one proxy or framework reads
-/// the first, another the last), so it is refused rather than read one way.
-fn single<'a>(
-    headers: &'a HeaderMap,
-    name: &'static str,
-    label: &str,
-) -> Result<Option<&'a HeaderValue>, ApiError> {
-    let mut values = headers.get_all(name).iter();
+/// The one value of `values` (a header's, a query parameter's), named `label`. Sent more than
+/// once it is ambiguous (one proxy or framework reads the first, another the last), so it is
+/// refused rather than read one way.
+fn at_most_one<T>(mut values: impl Iterator<Item = T>, label: &str) -> Result<Option<T>, ApiError> {
     let first = values.next();
     if values.next().is_some() {
         return Err(ApiError::validation(format!(
@@ -67,6 +63,15 @@ fn single<'a>(
         )));
     }
     Ok(first)
+}
+
+/// Header `name`'s value, sent at most once ([`at_most_one`]).
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+    label: &str,
+) -> Result<Option<&'a HeaderValue>, ApiError> {
+    at_most_one(headers.get_all(name).iter(), label)
 }
 
 /// A command without a body (DELETE): the body must be blank or `{}`, so that a field sent to
@@ -377,11 +382,7 @@ pub(crate) fn presented_key(
     // is a repeat only when one of the values is a Bearer token.
     let authorization = h.get_all(header::AUTHORIZATION);
     if let Some(token) = authorization.iter().find_map(bearer_token) {
-        if authorization.iter().nth(1).is_some() {
-            return Err(ApiError::validation(
-                "Authorization: sent more than once; send it once",
-            ));
-        }
+        at_most_one(authorization.iter(), "Authorization")?;
         return Ok(Some(Cow::Borrowed(token)));
     }
     for (name, label) in [("x-api-key", "X-API-Key"), ("apikey", "APIKEY")] {
@@ -391,14 +392,8 @@ pub(crate) fn presented_key(
     }
     if allow_query {
         let q = parts.uri.query().unwrap_or("");
-        let mut keys = form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == "apikey");
-        let first = keys.next();
-        if keys.next().is_some() {
-            return Err(ApiError::validation(
-                "apikey: sent more than once; send it once",
-            ));
-        }
-        return Ok(first.map(|(_, v)| Cow::Owned(v.into_owned())));
+        let keys = form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == "apikey");
+        return Ok(at_most_one(keys, "apikey")?.map(|(_, v)| Cow::Owned(v.into_owned())));
     }
     Ok(None)
 }

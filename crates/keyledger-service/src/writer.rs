@@ -422,14 +422,9 @@ impl Writer {
         if let Some(c) = caller {
             c.require(SCOPE_WRITE)?;
         }
+        // A create's account was checked by `Service::create`: a key's account never changes,
+        // so the caller's is the same at commit.
         let account_limit = caller.and_then(Caller::account_limit);
-        if let (Some(limit), Action::Create(new)) = (account_limit, &job.action)
-            && new.account != limit
-        {
-            return Err(ServiceError::Forbidden(
-                "account: a non-admin key creates keys only in its own account".into(),
-            ));
-        }
         if let (Some(limit), Some(s)) = (account_limit, current)
             && limit != s.account
         {

@@ -13,12 +13,25 @@ pub(crate) const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("proj
 pub(crate) const LAST_USED: TableDefinition<u128, i64> = TableDefinition::new("proj_last_used");
 const META: TableDefinition<&str, u64> = TableDefinition::new("proj_meta");
 const CHECKPOINT: &str = "keys_checkpoint";
+const FORMAT_KEY: &str = "keys_format";
 /// Bump when the stored `KeyState` shape or encoding changes: the table is then rebuilt from the
 /// log at the next start. 1: JSON; 2: MessagePack (see [`encode_state`]).
 const FORMAT: u64 = 2;
 
 fn storage(e: impl ToString) -> StoreError {
     StoreError::Storage(e.to_string())
+}
+
+/// The table's checkpoint and format as `meta` records them (0 where unset).
+fn checkpoint_and_format(
+    meta: &impl ReadableTable<&'static str, u64>,
+) -> Result<(u64, u64), StoreError> {
+    let get = |name| {
+        meta.get(name)
+            .map(|v| v.map_or(0, |v| v.value()))
+            .map_err(storage)
+    };
+    Ok((get(CHECKPOINT)?, get(FORMAT_KEY)?))
 }
 
 /// Folds each appended event into the persisted key table.
@@ -45,7 +58,7 @@ impl Projector for KeyTableProjector {
     fn finish(&mut self, txn: &WriteTransaction, head: u64) -> Result<(), StoreError> {
         let mut meta = txn.open_table(META).map_err(storage)?;
         meta.insert(CHECKPOINT, head).map_err(storage)?;
-        meta.insert("keys_format", FORMAT).map_err(storage)?;
+        meta.insert(FORMAT_KEY, FORMAT).map_err(storage)?;
         Ok(())
     }
 }
@@ -81,18 +94,7 @@ pub fn catch_up(
     let (head, _) = log.head()?;
     let (checkpoint, format) = {
         let txn = db.begin_write().map_err(storage)?;
-        let out = {
-            let meta = txn.open_table(META).map_err(storage)?;
-            let cp = meta
-                .get(CHECKPOINT)
-                .map_err(storage)?
-                .map_or(0, |v| v.value());
-            let fmt = meta
-                .get("keys_format")
-                .map_err(storage)?
-                .map_or(0, |v| v.value());
-            (cp, fmt)
-        };
+        let out = checkpoint_and_format(&txn.open_table(META).map_err(storage)?)?;
         txn.open_table(KEYS).map_err(storage)?;
         txn.open_table(LAST_USED).map_err(storage)?;
         txn.commit().map_err(storage)?;
@@ -259,14 +261,7 @@ pub fn verify_table(log: &Log, progress: impl FnMut(u64, u64)) -> Result<u64, Pr
     let folded = fold_states(log, head, progress)?;
     let txn = log.database()?.begin_read().map_err(storage)?;
     let (checkpoint, format) = match txn.open_table(META) {
-        Ok(meta) => {
-            let get = |name| {
-                meta.get(name)
-                    .map(|v| v.map_or(0, |v| v.value()))
-                    .map_err(storage)
-            };
-            (get(CHECKPOINT)?, get("keys_format")?)
-        }
+        Ok(meta) => checkpoint_and_format(&meta)?,
         Err(redb::TableError::TableDoesNotExist(_)) => (0, FORMAT),
         Err(e) => return Err(storage(e).into()),
     };
@@ -608,10 +603,7 @@ mod tests {
             let mut table = txn.open_table(KEYS).unwrap();
             let json = serde_json::to_vec(&state).unwrap();
             table.insert(state.id.as_u128(), json.as_slice()).unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert("keys_format", 1)
-                .unwrap();
+            txn.open_table(META).unwrap().insert(FORMAT_KEY, 1).unwrap();
         }
         txn.commit().unwrap();
 
